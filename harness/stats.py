@@ -1,0 +1,229 @@
+"""Error bars for eval scores and paired comparisons between two runs on the same eval set.
+
+The report and the CI regression gate call these on per-example grader scores (in [0, 1]):
+
+    heldout = estimate(scores_b)                    # mean with stderr and a 95% interval
+    comparison = compare_paired(scores_a, scores_b) # McNemar for 0/1 scores, else paired bootstrap
+    print(comparison.verdict())                     # "B is better than A by +12.0 points (...)"
+
+Both runs must be scored on the same examples in the same order: a paired test is far more sensitive
+than comparing two independent means, because per-example difficulty cancels out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+# Rows of resampled indices generated at once, so 10k resamples of a large eval set stay small in memory.
+_BOOTSTRAP_CHUNK_ELEMENTS = 2_000_000
+
+
+@dataclass
+class Estimate:
+    """A mean score with its uncertainty."""
+
+    mean: float
+    stderr: float  # sample std (ddof=1) / sqrt(n); 0 when n < 2
+    ci_low: float  # Wilson interval for 0/1 scores, t interval otherwise
+    ci_high: float
+    n: int
+
+
+def estimate(scores: Sequence[float], confidence: float = 0.95) -> Estimate:
+    """Mean of per-example scores with a `confidence` interval.
+
+    0/1 scores get the Wilson score interval (sensible near 0 and 1 and for small n); other scores get
+    a Student-t interval, clipped to [0, 1] when every score lies in [0, 1]. With a single non-binary
+    score the interval collapses to the mean: there is no spread to estimate from.
+    """
+    values = _as_scores(scores, "scores")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    n = len(values)
+    mean = float(values.mean())
+    stderr = float(values.std(ddof=1) / math.sqrt(n)) if n >= 2 else 0.0
+    if _is_binary(values):
+        ci_low, ci_high = _wilson_interval(mean, n, confidence)
+    elif n >= 2:
+        half_width = float(scipy_stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * stderr
+        ci_low, ci_high = mean - half_width, mean + half_width
+        if values.min() >= 0.0 and values.max() <= 1.0:
+            ci_low, ci_high = max(ci_low, 0.0), min(ci_high, 1.0)
+    else:
+        ci_low, ci_high = mean, mean
+    return Estimate(mean=mean, stderr=stderr, ci_low=ci_low, ci_high=ci_high, n=n)
+
+
+@dataclass
+class PairedComparison:
+    """Run B against run A on the same examples."""
+
+    method: str  # "mcnemar" or "paired_bootstrap"
+    n: int  # examples compared
+    mean_a: float
+    mean_b: float
+    delta: float  # mean_b - mean_a
+    ci_low: float  # (1 - alpha) interval of delta: bootstrap percentile, or normal for mcnemar
+    ci_high: float
+    p_value: float  # two-sided, null hypothesis: no difference between A and B
+    wins: int  # examples where b > a
+    losses: int  # examples where b < a
+    ties: int  # examples where b == a
+    significant: bool  # p_value < alpha
+    alpha: float = 0.05  # significance level the comparison was made at
+
+    def verdict(self) -> str:
+        """One plain-English line for reports, with the delta in points (scores x 100)."""
+        level = f"{100 * (1 - self.alpha):g}%"
+        test = {"mcnemar": "McNemar", "paired_bootstrap": "paired bootstrap"}[self.method]
+        interval = f"{level} CI {100 * self.ci_low:+.1f} to {100 * self.ci_high:+.1f}"
+        p_text = "p<0.001" if self.p_value < 0.001 else f"p={self.p_value:.2g}"
+        if not self.significant:
+            return (
+                f"not distinguishable at {level} (delta {100 * self.delta:+.1f} points, "
+                f"{interval}, {test} {p_text})"
+            )
+        direction = "better" if self.delta > 0 else "worse"
+        return f"B is {direction} than A by {100 * self.delta:+.1f} points ({interval}, {test} {p_text})"
+
+
+def compare_paired(
+    a: Sequence[float], b: Sequence[float], alpha: float = 0.05, seed: int = 0
+) -> PairedComparison:
+    """McNemar's test when every score is 0/1, otherwise the paired bootstrap."""
+    scores_a, scores_b = _as_paired(a, b)
+    if _is_binary(scores_a) and _is_binary(scores_b):
+        return mcnemar(scores_a, scores_b, alpha=alpha)
+    return paired_bootstrap(scores_a, scores_b, seed=seed, alpha=alpha)
+
+
+def paired_bootstrap(
+    a: Sequence[float],
+    b: Sequence[float],
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> PairedComparison:
+    """Resample examples (keeping each example's a/b pair together) to get the spread of the delta.
+
+    Interval: the percentile interval of the resampled deltas. p-value: two-sided, from the resampled
+    deltas centred on 0 to mimic the null of no difference, i.e. the share of |delta* - delta| that
+    reach |delta|, with the +1 correction ((count + 1) / (n_resamples + 1)) so that it is never 0.
+    Deterministic for a given seed.
+    """
+    scores_a, scores_b = _as_paired(a, b)
+    _check_alpha(alpha)
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    differences = scores_b - scores_a
+    n = len(differences)
+    delta = float(differences.mean())
+
+    rng = np.random.default_rng(seed)
+    resampled_deltas = np.empty(n_resamples)
+    rows_per_chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // n)
+    for start in range(0, n_resamples, rows_per_chunk):
+        stop = min(start + rows_per_chunk, n_resamples)
+        indices = rng.integers(0, n, size=(stop - start, n))
+        resampled_deltas[start:stop] = differences[indices].mean(axis=1)
+
+    ci_low, ci_high = np.quantile(resampled_deltas, [alpha / 2, 1 - alpha / 2])
+    # The 1e-12 absorbs rounding in the means, e.g. identical runs whose delta comes out as 1e-17.
+    centred = np.abs(resampled_deltas - delta)
+    as_extreme = int(np.count_nonzero(centred >= abs(delta) - 1e-12))
+    p_value = min(1.0, (as_extreme + 1) / (n_resamples + 1))
+    return _comparison("paired_bootstrap", scores_a, scores_b, float(ci_low), float(ci_high), p_value, alpha)
+
+
+def mcnemar(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> PairedComparison:
+    """Exact McNemar test for 0/1 scores: a two-sided binomial test on the discordant pairs.
+
+    The interval of the delta is the normal (Wald) interval of a difference of paired proportions.
+    """
+    scores_a, scores_b = _as_paired(a, b)
+    _check_alpha(alpha)
+    if not (_is_binary(scores_a) and _is_binary(scores_b)):
+        raise ValueError("mcnemar needs 0/1 scores; use paired_bootstrap for partial credit")
+    n = len(scores_a)
+    wins = int(np.count_nonzero(scores_b > scores_a))
+    losses = int(np.count_nonzero(scores_b < scores_a))
+    discordant = wins + losses
+    p_value = float(scipy_stats.binomtest(wins, discordant, 0.5).pvalue) if discordant else 1.0
+
+    delta = (wins - losses) / n
+    stderr = math.sqrt(max(discordant / n - delta**2, 0.0) / n)
+    half_width = float(scipy_stats.norm.ppf(1 - alpha / 2)) * stderr
+    ci_low, ci_high = max(delta - half_width, -1.0), min(delta + half_width, 1.0)
+    return _comparison("mcnemar", scores_a, scores_b, ci_low, ci_high, min(p_value, 1.0), alpha)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def _comparison(
+    method: str,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    ci_low: float,
+    ci_high: float,
+    p_value: float,
+    alpha: float,
+) -> PairedComparison:
+    mean_a, mean_b = float(scores_a.mean()), float(scores_b.mean())
+    return PairedComparison(
+        method=method,
+        n=len(scores_a),
+        mean_a=mean_a,
+        mean_b=mean_b,
+        delta=mean_b - mean_a,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        p_value=p_value,
+        wins=int(np.count_nonzero(scores_b > scores_a)),
+        losses=int(np.count_nonzero(scores_b < scores_a)),
+        ties=int(np.count_nonzero(scores_b == scores_a)),
+        significant=p_value < alpha,
+        alpha=alpha,
+    )
+
+
+def _as_scores(scores: Sequence[float], name: str) -> np.ndarray:
+    values = np.asarray(scores, dtype=float)
+    if values.ndim != 1:
+        raise ValueError(f"{name} must be a flat sequence of per-example scores, got shape {values.shape}")
+    if len(values) == 0:
+        raise ValueError(f"{name} is empty: no per-example scores")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} contains NaN or infinite scores")
+    return values
+
+
+def _as_paired(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    if len(a) != len(b):
+        raise ValueError(
+            f"paired comparison needs scores aligned by example: len(a)={len(a)} but len(b)={len(b)}"
+        )
+    return _as_scores(a, "a"), _as_scores(b, "b")
+
+
+def _is_binary(values: np.ndarray) -> bool:
+    return bool(np.all((values == 0.0) | (values == 1.0)))
+
+
+def _wilson_interval(proportion: float, n: int, confidence: float) -> tuple[float, float]:
+    z = float(scipy_stats.norm.ppf(0.5 + confidence / 2))
+    denominator = 1 + z**2 / n
+    centre = (proportion + z**2 / (2 * n)) / denominator
+    half_width = z * math.sqrt(proportion * (1 - proportion) / n + z**2 / (4 * n**2)) / denominator
+    # Exactly 0 (1) at p = 0 (1) in theory; min/max undo the rounding that would exclude p itself.
+    return max(min(centre - half_width, proportion), 0.0), min(max(centre + half_width, proportion), 1.0)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
