@@ -77,3 +77,11 @@ def git_revision() -> str:
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A config path: absolute as given, else relative to the working directory, else to the repository."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    return REPO_ROOT / path

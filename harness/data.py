@@ -15,6 +15,7 @@ from itertools import groupby
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.artifacts import resolve_path
 from harness.config import DataConfig
 
 ROLES = ("system", "user", "assistant")
@@ -60,7 +61,7 @@ class TokenizedExample:
 
 def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
     """Rows of a JSONL file as (file:line, object). Blank lines are skipped; anything else must parse."""
-    path = Path(path)
+    path = resolve_path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     rows = []

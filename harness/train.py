@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +114,9 @@ def train_sft(
         processing_class=tokenizer,
         callbacks=[loss_logger, *(callbacks or [])],
     )
-    return _run_stage(trainer, "sft", loss_logger, device)
+    result = _run_stage(trainer, "sft", loss_logger, device)
+    shutil.rmtree(args.output_dir, ignore_errors=True)  # nothing is saved there (save_strategy="no")
+    return result
 
 
 def _run_stage(trainer, stage: str, loss_logger: LossLogger, device: str) -> StageResult:

@@ -1,0 +1,78 @@
+"""Baselines, computed once per (base model, quantization, eval set hash) and cached on disk.
+
+"Should you fine-tune at all?" needs two numbers before any training: the base model zero-shot, and the base
+model with a prompt-engineered baseline (a system instruction + k few-shot examples from the *training* split).
+Both, and the base model's regression scores, are cached under `$HARNESS_CACHE/baselines/`, so a sweep pays for
+them once, not once per trial.
+
+    baselines = get_baselines(base, cfg, eval_set_hash, heldout, fewshot_pool)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+
+from harness.artifacts import write_json_atomic
+from harness.config import RunConfig
+from harness.data import Conversation
+from harness.evaluate import HeldoutExample, evaluate_heldout
+from harness.model import BaseModel, cache_root
+
+log = logging.getLogger(__name__)
+
+
+def baseline_key(base: BaseModel, cfg: RunConfig, eval_set_hash: str) -> str:
+    identity = {
+        "model_hash": base.model_hash,
+        "quantized": base.quantized,
+        "compute_dtype": str(base.compute_dtype),
+        "eval_set_hash": eval_set_hash,
+        "regression": [asdict(b) for b in cfg.eval.regression] if cfg.run_regression else [],
+        "regression_batch_size": cfg.eval.regression_batch_size,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def get_baselines(
+    base: BaseModel,
+    cfg: RunConfig,
+    eval_set_hash: str,
+    heldout: list[HeldoutExample],
+    fewshot_pool: list[Conversation],
+) -> dict:
+    """{'key', 'cached', 'zero_shot', 'prompt_baseline', 'regression'}; computed on a miss, read on a hit."""
+    key = baseline_key(base, cfg, eval_set_hash)
+    path = cache_root() / "baselines" / f"{cfg.eval.name}-{key}.json"
+    if path.is_file():
+        log.info("Baselines for eval set %s read from cache %s", eval_set_hash, path)
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        return {**cached, "cached": True, "path": str(path)}
+
+    log.info("Computing baselines for eval set %s (cached afterwards in %s)", eval_set_hash, path)
+    model, tokenizer = base.model, base.tokenizer
+    zero_shot = evaluate_heldout(model, tokenizer, cfg.eval, heldout)
+    prompt_baseline = None
+    if cfg.eval.prompt_baseline.enabled:
+        shots = fewshot_pool[: cfg.eval.prompt_baseline.num_fewshot]
+        prompt_baseline = evaluate_heldout(
+            model, tokenizer, cfg.eval, heldout, cfg.eval.prompt_baseline.system_prompt, shots
+        )
+    regression = {}
+    if cfg.run_regression and cfg.eval.regression:
+        from harness.regression import score_regression
+
+        regression = score_regression(model, tokenizer, cfg.eval)
+    record = {
+        "key": key,
+        "eval_set_hash": eval_set_hash,
+        "model_id": base.model_id,
+        "model_hash": base.model_hash,
+        "zero_shot": zero_shot.to_dict(),
+        "prompt_baseline": prompt_baseline.to_dict() if prompt_baseline else None,
+        "regression": regression,
+    }
+    write_json_atomic(path, record)
+    return {**record, "cached": False, "path": str(path)}

@@ -1,0 +1,223 @@
+"""Held-out evaluation: batched greedy generation with left padding, graded per example.
+
+    examples = load_heldout(cfg.eval)                         # DataError naming file:line on bad rows
+    heldout = evaluate_heldout(model, tokenizer, cfg.eval, examples)
+    canary = check_adapter_active(peft_model, tokenizer, examples[:4])  # raises AdapterInactiveError
+
+Every example's prompt, output, reference and grade are kept, so two models can be compared on the same
+examples (paired statistics) and a report can show what an adapter fixed and broke.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.config import EvalConfig
+from harness.data import Conversation, DataError, read_jsonl, validate_messages
+from harness.graders import aggregate, grade, grader_version
+from harness.stats import estimate
+
+log = logging.getLogger(__name__)
+
+
+class AdapterInactiveError(RuntimeError):
+    """The adapter does not change the model's outputs: it was not loaded, not applied, or is all zeros."""
+
+
+@dataclass
+class HeldoutExample:
+    messages: list[dict]  # the prompt: system/user turns, ending before the answer
+    reference: Any
+    source: str  # file:line
+
+
+@dataclass
+class HeldoutResult:
+    """Scores of one model on one eval set, with every example kept."""
+
+    score: float  # mean of the first grader's per-example scores
+    stderr: float
+    ci_low: float
+    ci_high: float
+    n: int
+    metrics: dict[str, float]  # every grader's aggregates, e.g. "json_fields/field/age"
+    per_example: list[dict] = field(default_factory=list)  # prompt, output, reference, score, grades
+    seconds: float = 0.0
+    batch_size: int = 0
+    max_new_tokens: int = 0
+    grader_versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def scores(self) -> list[float]:
+        return [row["score"] for row in self.per_example]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_heldout(eval_cfg: EvalConfig) -> list[HeldoutExample]:
+    """The eval set's rows; an empty or malformed set is an error naming the file and line."""
+    examples = []
+    for where, row in read_jsonl(eval_cfg.data_file):
+        for key in ("messages", "reference"):
+            if key not in row:
+                raise DataError(f"{where}: missing field {key!r} (found keys: {sorted(row)})")
+        messages = validate_messages(row["messages"], where, need_assistant=False)
+        if messages[-1]["role"] == "assistant":
+            raise DataError(f"{where}: the held-out prompt must end with a user turn, not the answer")
+        examples.append(HeldoutExample(messages, row["reference"], where))
+    if eval_cfg.max_examples is not None:
+        examples = examples[: eval_cfg.max_examples]
+    if not examples:
+        raise DataError(f"{eval_cfg.data_file}: the eval set is empty")
+    return examples
+
+
+def build_prompt(
+    messages: list[dict], system_prompt: str = "", fewshot: list[Conversation] | None = None
+) -> list[dict]:
+    """A held-out prompt, optionally with a system instruction and few-shot turns (the prompt baseline)."""
+    prompt = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for shot in fewshot or []:
+        prompt.extend(m for m in shot.messages if m["role"] != "system")
+    return prompt + messages
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy completions for chat prompts, batched with left padding."""
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row ends at its prompt's end
+    device = next(model.parameters()).device
+    outputs: list[str] = []
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(texts), batch_size), desc="generating", leave=False):
+            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+            generated = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new_tokens = generated[:, batch["input_ids"].shape[1] :]
+            outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = previous_side
+    return [output.strip() for output in outputs]
+
+
+def evaluate_heldout(
+    model,
+    tokenizer,
+    eval_cfg: EvalConfig,
+    examples: list[HeldoutExample],
+    system_prompt: str = "",
+    fewshot: list[Conversation] | None = None,
+) -> HeldoutResult:
+    started = time.perf_counter()
+    prompts = [build_prompt(example.messages, system_prompt, fewshot) for example in examples]
+    outputs = generate(
+        model, tokenizer, prompts, eval_cfg.generation.max_new_tokens, eval_cfg.generation.batch_size
+    )
+    return grade_outputs(eval_cfg, examples, outputs, time.perf_counter() - started)
+
+
+def grade_outputs(
+    eval_cfg: EvalConfig, examples: list[HeldoutExample], outputs: list[str], seconds: float = 0.0
+) -> HeldoutResult:
+    """Grade outputs with every configured grader; the first grader gives the headline score."""
+    per_example, grades_by_grader = [], {index: [] for index in range(len(eval_cfg.graders))}
+    for example, output in zip(examples, outputs, strict=True):
+        grades = {}
+        for index, grader in enumerate(eval_cfg.graders):
+            result = grade(grader, output, example.reference)
+            grades_by_grader[index].append(result)
+            grades[grader.type if index == 0 else f"{grader.type}_{index}"] = {
+                "score": result.score, "details": result.details
+            }
+        per_example.append(
+            {
+                "source": example.source,
+                "prompt": example.messages[-1]["content"],
+                "output": output,
+                "reference": example.reference,
+                "score": next(iter(grades.values()))["score"],
+                "grades": grades,
+            }
+        )
+    metrics, versions = {}, {}
+    for index, grader in enumerate(eval_cfg.graders):
+        name = grader.type if index == 0 else f"{grader.type}_{index}"
+        versions[name] = grader_version(grader)
+        for key, value in aggregate(grader, grades_by_grader[index]).items():
+            metrics[f"{name}/{key}"] = value
+    headline = estimate([row["score"] for row in per_example])
+    return HeldoutResult(
+        score=headline.mean,
+        stderr=headline.stderr,
+        ci_low=headline.ci_low,
+        ci_high=headline.ci_high,
+        n=headline.n,
+        metrics=metrics,
+        per_example=per_example,
+        seconds=seconds,
+        batch_size=eval_cfg.generation.batch_size,
+        max_new_tokens=eval_cfg.generation.max_new_tokens,
+        grader_versions=versions,
+    )
+
+
+@dataclass
+class CanaryResult:
+    max_logit_diff: float  # largest |adapter - base| logit over the canary prompts
+    outputs_changed: int  # canary prompts whose greedy output differs from the base model's
+    n: int
+
+
+@torch.no_grad()
+def check_adapter_active(peft_model, tokenizer, examples: list[HeldoutExample], max_new_tokens: int = 32,
+                         min_logit_diff: float = 1e-6) -> CanaryResult:
+    """Prove the adapter is applied: its logits must differ from the base's (adapter disabled) on real prompts.
+
+    A silently unapplied adapter (wrong target names, weights not loaded, LoRA B still zero) gives logits
+    identical to the base model's, and every score after it would be the base model's score.
+    """
+    if not hasattr(peft_model, "disable_adapter"):
+        raise AdapterInactiveError("the model has no adapter attached (not a PeftModel)")
+    prompts = [example.messages for example in examples]
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        device = next(peft_model.parameters()).device
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        peft_model.eval()
+        adapted = peft_model(**batch).logits.float()
+        with peft_model.disable_adapter():
+            base = peft_model(**batch).logits.float()
+    finally:
+        tokenizer.padding_side = previous_side
+    mask = batch["attention_mask"].bool()
+    max_diff = float((adapted - base).abs()[mask].max())
+    adapter_outputs = generate(peft_model, tokenizer, prompts, max_new_tokens, len(prompts))
+    with peft_model.disable_adapter():
+        base_outputs = generate(peft_model, tokenizer, prompts, max_new_tokens, len(prompts))
+    changed = sum(a != b for a, b in zip(adapter_outputs, base_outputs))
+    result = CanaryResult(max_logit_diff=max_diff, outputs_changed=changed, n=len(prompts))
+    if max_diff < min_logit_diff:
+        raise AdapterInactiveError(
+            f"adapter canary failed: logits with and without the adapter differ by at most {max_diff:.2e} on "
+            f"{len(prompts)} held-out prompts; the adapter is not applied (or its LoRA B matrices are zero)"
+        )
+    return result

@@ -1,0 +1,81 @@
+"""Leakage check: are held-out prompts (or near copies) in the training data?
+
+Two tests per held-out prompt, on normalised text (lowercase, punctuation stripped, whitespace collapsed):
+an exact match with a training prompt, and a shared word n-gram (13 by default, as in GPT-3's contamination
+study). N-grams that occur in many held-out prompts are the task's instruction template, not leakage, and
+are ignored (`template_fraction`). Over the threshold the run is refused, naming the overlapping examples.
+
+    report = check_leakage(train_prompts, heldout_prompts, cfg.eval.leakage)   # LeakageError if over
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from harness.config import LeakageConfig
+from harness.data import DataError
+
+
+class LeakageError(DataError):
+    """Too many held-out prompts overlap with training prompts."""
+
+
+@dataclass
+class LeakageReport:
+    n_train: int
+    n_heldout: int
+    exact_overlaps: int
+    ngram_overlaps: int  # held-out prompts sharing a non-template n-gram with some training prompt
+    ngram: int
+    overlap_fraction: float
+    examples: list[dict] = field(default_factory=list)  # the overlapping held-out prompts and a training match
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def check_leakage(
+    train_prompts: list[tuple[str, str]], heldout_prompts: list[tuple[str, str]], cfg: LeakageConfig
+) -> LeakageReport:
+    """Prompts are (source, text) pairs; sources (file:line) name the overlapping examples in the error."""
+    heldout_words = [normalise(text).split() for _, text in heldout_prompts]
+    heldout_grams = [_ngrams(words, cfg.ngram) for words in heldout_words]
+    frequency = Counter(gram for grams in heldout_grams for gram in grams)
+    template = {gram for gram, count in frequency.items() if count > cfg.template_fraction * len(heldout_prompts)}
+
+    train_exact: dict[str, str] = {}
+    train_gram_source: dict[tuple[str, ...], str] = {}
+    for source, text in train_prompts:
+        norm = normalise(text)
+        train_exact.setdefault(norm, source)
+        for gram in _ngrams(norm.split(), cfg.ngram) - template:
+            train_gram_source.setdefault(gram, source)
+
+    exact, ngram, examples = 0, 0, []
+    for (source, text), words, grams in zip(heldout_prompts, heldout_words, heldout_grams):
+        match = train_exact.get(" ".join(words))
+        kind = "exact"
+        if match is None:
+            shared = next((gram for gram in grams - template if gram in train_gram_source), None)
+            match, kind = (train_gram_source[shared], f"{cfg.ngram}-gram") if shared else (None, "")
+        if match is None:
+            continue
+        exact += kind == "exact"
+        ngram += kind != "exact"
+        examples.append({"heldout": source, "train": match, "kind": kind, "text": text[:200]})
+    fraction = (exact + ngram) / max(len(heldout_prompts), 1)
+    report = LeakageReport(len(train_prompts), len(heldout_prompts), exact, ngram, cfg.ngram, fraction, examples)
+    if fraction > cfg.max_overlap_fraction:
+        listed = "; ".join(f"{e['heldout']} ~ {e['train']} ({e['kind']})" for e in examples[:10])
+        raise LeakageError(
+            f"{exact + ngram} of {len(heldout_prompts)} held-out prompts overlap with training prompts "
+            f"({fraction:.1%} > eval.leakage.max_overlap_fraction={cfg.max_overlap_fraction:.1%}): {listed}"
+        )
+    return report

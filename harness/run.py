@@ -1,0 +1,258 @@
+"""One run end to end: eval set -> data checks -> base model -> baselines -> SFT [-> DPO] -> scores -> artifacts.
+
+    results = run_experiment(cfg, run_dir)
+
+Every input is validated before anything is written to `run_dir` (bad data raises `DataError` naming the file
+and line). The run directory then holds: `config.yaml` (resolved), `chat_template_sample.txt`, `loss.jsonl`,
+`adapter/` (PEFT safetensors), `samples_<stage>.jsonl`, `metrics.json` and, written last, `results.json`. A
+directory without `results.json` is an unfinished run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from harness.artifacts import (
+    git_revision,
+    library_versions,
+    replace_dir_atomic,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
+from harness.baselines import get_baselines
+from harness.config import RunConfig
+from harness.data import (
+    SFTData,
+    TokenizedExample,
+    check_chat_template,
+    load_sft_data,
+    render_loss_sample,
+    tokenize_sft,
+)
+from harness.evalset import verify_frozen
+from harness.evaluate import HeldoutExample, check_adapter_active, evaluate_heldout, load_heldout
+from harness.leakage import LeakageReport, check_leakage
+from harness.model import BaseModel, adapter_hash, attach_lora, load_base_model, load_tokenizer, resolve_device
+from harness.train import StageResult, peak_memory_mb, train_sft
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedInputs:
+    """Everything validated before the first byte is written or the first weight is loaded."""
+
+    eval_set_hash: str
+    heldout: list[HeldoutExample]
+    sft: SFTData | None
+    sft_examples: list[TokenizedExample]
+    leakage: LeakageReport
+    chat_template_sample: str
+    tokenizer: object
+    extras: dict = field(default_factory=dict)  # later stages' validated inputs (e.g. preference data)
+
+
+def prepare_inputs(cfg: RunConfig) -> PreparedInputs:
+    """Steps 1-3 of a run: frozen eval set, training data, chat template and leakage checks."""
+    # 1. Eval set first: nothing trains without a frozen, non-empty eval set.
+    eval_set_hash = verify_frozen(cfg.eval)
+    heldout = load_heldout(cfg.eval)
+
+    # 2. Training data, validated row by row (errors name file:line).
+    sft = load_sft_data(cfg.data) if "sft" in cfg.train.stages else None
+    tokenizer = load_tokenizer(cfg.model)
+
+    # 3. Chat template and leakage checks, before any model weight is loaded.
+    conversations = sft.conversations if sft else []
+    check_chat_template(tokenizer, conversations)
+    sft_examples = tokenize_sft(tokenizer, conversations, cfg.train.sft.max_length) if sft else []
+    sample = render_loss_sample(tokenizer, sft_examples[0]) if sft_examples else ""
+    train_prompts = [(c.source, _prompt_text(c.messages)) for c in conversations]
+    heldout_prompts = [(e.source, _prompt_text(e.messages)) for e in heldout]
+    leakage = check_leakage(train_prompts, heldout_prompts, cfg.eval.leakage)
+    return PreparedInputs(eval_set_hash, heldout, sft, sft_examples, leakage, sample, tokenizer)
+
+
+def run_experiment(cfg: RunConfig, run_dir: Path, inputs: PreparedInputs | None = None, callbacks=None) -> dict:
+    started = time.perf_counter()
+    inputs = inputs or prepare_inputs(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    if inputs.chat_template_sample:
+        write_text_atomic(run_dir / "chat_template_sample.txt", inputs.chat_template_sample + "\n")
+        log.info("Decoded training example (loss on ⟦…⟧ spans only):\n%s", inputs.chat_template_sample)
+
+    # 4. Base model (NF4 where configured), then baselines, cached per (model, eval set hash).
+    device = resolve_device(cfg.train.device)
+    gradient_checkpointing = cfg.train.gradient_checkpointing
+    if gradient_checkpointing is None:
+        gradient_checkpointing = device == "cuda"
+    base = load_base_model(cfg.model, cfg.quant, device, gradient_checkpointing)
+    fewshot_pool = inputs.sft.conversations if inputs.sft else []
+    baselines = get_baselines(base, cfg, inputs.eval_set_hash, inputs.heldout, fewshot_pool)
+
+    # 5. Attach a fresh LoRA adapter and train each stage, scoring after each.
+    model = attach_lora(base.model, cfg.lora)
+    stages: dict[str, dict] = {}
+    loss_log: list[dict] = []
+    if "sft" in cfg.train.stages:
+        sft_result = train_sft(
+            model, base.tokenizer, inputs.sft_examples, cfg.train.sft, run_dir,
+            seed=cfg.seed, device=device, compute_dtype=base.compute_dtype,
+            gradient_checkpointing=gradient_checkpointing, callbacks=callbacks,
+        )
+        loss_log += sft_result.loss_log
+        stages["sft"] = _score_stage(model, base, cfg, inputs.heldout, sft_result, run_dir)
+
+    # 6. Prove the adapter is active, save it, write the results record last.
+    canary = check_adapter_active(model, base.tokenizer, inputs.heldout[: cfg.eval.canary_examples])
+    adapter_dir = _save_adapter(model, run_dir)
+    final_stage = cfg.train.stages[-1]
+    results = build_results(
+        cfg, run_dir, base, inputs, baselines, stages, final_stage, asdict(canary), adapter_dir, device,
+        time.perf_counter() - started,
+    )
+    write_json_atomic(run_dir / "metrics.json", results["metrics"])
+    write_json_atomic(run_dir / "results.json", results)
+    return results
+
+
+def _score_stage(model, base: BaseModel, cfg: RunConfig, heldout, stage_result: StageResult, run_dir: Path) -> dict:
+    heldout_result = evaluate_heldout(model, base.tokenizer, cfg.eval, heldout)
+    write_jsonl_atomic(run_dir / f"samples_{stage_result.stage}.jsonl", heldout_result.per_example)
+    regression = {}
+    if cfg.run_regression and cfg.eval.regression:
+        from harness.regression import score_regression
+
+        regression = score_regression(model, base.tokenizer, cfg.eval)
+    log.info(
+        "after %s: held-out %.3f [%.3f, %.3f] (n=%d)",
+        stage_result.stage, heldout_result.score, heldout_result.ci_low, heldout_result.ci_high, heldout_result.n,
+    )
+    train = {k: v for k, v in asdict(stage_result).items() if k != "loss_log"}
+    return {"train": train, "heldout": heldout_result.to_dict(), "regression": regression}
+
+
+def _save_adapter(model, run_dir: Path) -> Path:
+    """PEFT format (adapter_config.json + adapter_model.safetensors), loadable by PeftModel and vLLM."""
+    final = run_dir / "adapter"
+    staging = run_dir / ".adapter.tmp"
+    model.save_pretrained(staging, safe_serialization=True)
+    replace_dir_atomic(staging, final)
+    return final
+
+
+def build_results(cfg, run_dir, base, inputs, baselines, stages, final_stage, canary, adapter_dir, device,
+                  seconds) -> dict:
+    final = stages[final_stage]
+    final_heldout = final["heldout"]
+    regression_delta = regression_deltas(baselines.get("regression", {}), final["regression"], cfg)
+    prompt_baseline = baselines.get("prompt_baseline")
+    stage_metrics = {name: stage["train"] for name, stage in stages.items()}
+    metrics = {
+        "train_runtime_s": sum(m["train_runtime_s"] for m in stage_metrics.values()),
+        "tokens_per_s": {name: m["tokens_per_s"] for name, m in stage_metrics.items()},
+        "peak_memory_mb": peak_memory_mb(device),
+        "device": device,
+        "compute_dtype": str(base.compute_dtype),
+        "library_versions": library_versions(),
+        "seed": cfg.seed,
+        "git_revision": git_revision(),
+        "wall_time_s": seconds,
+        "stages": stage_metrics,
+    }
+    return {
+        "status": "complete",
+        "run_dir": str(run_dir),
+        "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+        "eval_set": {"name": cfg.eval.name, "hash": inputs.eval_set_hash, "n": len(inputs.heldout),
+                     "min_score": cfg.eval.min_score},
+        "model": {"id": base.model_id, "hash": base.model_hash, "quantized": base.quantized,
+                  "compute_dtype": str(base.compute_dtype)},
+        "tokenizer": {"name": type(inputs.tokenizer).__name__, "vocab_size": len(inputs.tokenizer)},
+        "adapter": {"path": str(adapter_dir), "hash": adapter_hash(adapter_dir), "r": cfg.lora.r,
+                    "alpha": cfg.lora.alpha, "target_modules": list(cfg.lora.target_modules)},
+        "data": {
+            "sft_file": inputs.sft.path if inputs.sft else None,
+            "sft_rows": inputs.sft.rows_read if inputs.sft else 0,
+            "sft_examples": len(inputs.sft_examples),
+            "sft_truncated": sum(e.truncated for e in inputs.sft_examples),
+            "duplicates_removed": inputs.sft.duplicates_removed if inputs.sft else 0,
+            "leakage": asdict(inputs.leakage),
+            "chat_template_sample": inputs.chat_template_sample,
+            **inputs.extras.get("data", {}),
+        },
+        "baselines": {
+            "key": baselines["key"],
+            "cached": baselines["cached"],
+            "zero_shot": baselines["zero_shot"],
+            "prompt_baseline": prompt_baseline,
+            "prompting_meets_min_score": bool(prompt_baseline and prompt_baseline["score"] >= cfg.eval.min_score),
+            "regression": baselines.get("regression", {}),
+        },
+        "stages": stages,
+        "final": {
+            "stage": final_stage,
+            "heldout": {k: final_heldout[k] for k in ("score", "stderr", "ci_low", "ci_high", "n")},
+            "meets_min_score": final_heldout["score"] >= cfg.eval.min_score,
+            "regression": {task: {k: v for k, v in r.items() if k != "per_example"}
+                           for task, r in final["regression"].items()},
+            "regression_delta": regression_delta,
+            "worst_regression": max((-d["delta"] for d in regression_delta.values()), default=0.0),
+            "regression_ok": all(d["ok"] for d in regression_delta.values()),
+        },
+        "canary": canary,
+        "metrics": metrics,
+    }
+
+
+def regression_deltas(base_scores: dict, adapter_scores: dict, cfg: RunConfig) -> dict:
+    """Per benchmark: adapter - base, and whether the drop stays within its max_regression."""
+    limits = {b.task: b.max_regression for b in cfg.eval.regression}
+    deltas = {}
+    for task, adapter in adapter_scores.items():
+        if task not in base_scores:
+            continue
+        delta = adapter["score"] - base_scores[task]["score"]
+        deltas[task] = {"base": base_scores[task]["score"], "adapter": adapter["score"], "delta": delta,
+                        "max_regression": limits.get(task, 0.0), "ok": -delta <= limits.get(task, 0.0)}
+    return deltas
+
+
+def summary_table(results: dict) -> str:
+    """The short table `python -m harness` prints at the end of a run."""
+    def fmt(result: dict | None) -> str:
+        if not result:
+            return "-"
+        return f"{result['score']:.3f} [{result['ci_low']:.3f}, {result['ci_high']:.3f}]"
+
+    base = results["baselines"]
+    lines = [
+        f"eval set {results['eval_set']['name']} (hash {results['eval_set']['hash']}, n={results['eval_set']['n']}, "
+        f"min_score {results['eval_set']['min_score']}), base {results['model']['id']}",
+        f"{'model':<34}{'held-out score [95% CI]':<28}",
+        f"{'base zero-shot' + (' (cached)' if base['cached'] else ''):<34}{fmt(base['zero_shot']):<28}",
+        f"{'base + prompt baseline':<34}{fmt(base['prompt_baseline']):<28}",
+    ]
+    for name, stage in results["stages"].items():
+        lines.append(f"{'adapter after ' + name:<34}{fmt(stage['heldout']):<28}")
+    for task, delta in results["final"]["regression_delta"].items():
+        lines.append(f"regression {task}: base {delta['base']:.3f} -> adapter {delta['adapter']:.3f} "
+                     f"(delta {delta['delta']:+.3f}, limit -{delta['max_regression']:.3f}: "
+                     f"{'ok' if delta['ok'] else 'REGRESSED'})")
+    verdict = "meets" if results["final"]["meets_min_score"] else "does NOT meet"
+    lines.append(f"adapter {verdict} min_score; prompting alone "
+                 f"{'meets' if base['prompting_meets_min_score'] else 'does not meet'} it. "
+                 f"Adapter: {results['adapter']['path']}")
+    return "\n".join(lines)
+
+
+def _prompt_text(messages: list[dict]) -> str:
+    return "\n".join(m["content"] for m in messages if m["role"] != "assistant")
+
