@@ -2,8 +2,8 @@
 
 Two tests per held-out prompt, on normalised text (lowercase, punctuation stripped, whitespace collapsed):
 an exact match with a training prompt, and a shared word n-gram (13 by default, as in GPT-3's contamination
-study). N-grams that occur in many held-out prompts are the task's instruction template, not leakage, and
-are ignored (`template_fraction`). Over the threshold the run is refused, naming the overlapping examples.
+study). The task's instruction is not leakage: the word prefix shared by every held-out prompt is stripped
+from all prompts, and n-grams that occur in many held-out prompts (`template_fraction`) are ignored. Over the threshold the run is refused, naming the overlapping examples.
 
     report = check_leakage(train_prompts, heldout_prompts, cfg.eval.leakage)   # LeakageError if over
 """
@@ -41,11 +41,27 @@ def _ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
+def _common_prefix(word_lists: list[list[str]]) -> list[str]:
+    prefix = word_lists[0] if word_lists else []
+    for words in word_lists[1:]:
+        length = 0
+        while length < min(len(prefix), len(words)) and prefix[length] == words[length]:
+            length += 1
+        prefix = prefix[:length]
+    return prefix
+
+
+def _strip_prefix(words: list[str], prefix: list[str]) -> list[str]:
+    return words[len(prefix) :] if prefix and words[: len(prefix)] == prefix else words
+
+
 def check_leakage(
     train_prompts: list[tuple[str, str]], heldout_prompts: list[tuple[str, str]], cfg: LeakageConfig
 ) -> LeakageReport:
     """Prompts are (source, text) pairs; sources (file:line) name the overlapping examples in the error."""
     heldout_words = [normalise(text).split() for _, text in heldout_prompts]
+    prefix = _common_prefix(heldout_words)
+    heldout_words = [_strip_prefix(words, prefix) for words in heldout_words]
     heldout_grams = [_ngrams(words, cfg.ngram) for words in heldout_words]
     frequency = Counter(gram for grams in heldout_grams for gram in grams)
     template = {gram for gram, count in frequency.items() if count > cfg.template_fraction * len(heldout_prompts)}
@@ -53,7 +69,7 @@ def check_leakage(
     train_exact: dict[str, str] = {}
     train_gram_source: dict[tuple[str, ...], str] = {}
     for source, text in train_prompts:
-        norm = normalise(text)
+        norm = " ".join(_strip_prefix(normalise(text).split(), prefix))
         train_exact.setdefault(norm, source)
         for gram in _ngrams(norm.split(), cfg.ngram) - template:
             train_gram_source.setdefault(gram, source)

@@ -1,0 +1,59 @@
+"""Shared fixtures: configs composed with Hydra's compose API (no launch) and a tiny 2-layer llama."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from harness.artifacts import REPO_ROOT
+from harness.config import RunConfig, register_configs, to_run_config
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+register_configs()
+
+TINY_OVERRIDES = [
+    "model=tiny",
+    "quant=none",
+    "run_regression=false",
+    "train.sft.max_steps=2",
+    "train.sft.batch_size=4",
+    "data.max_sft_examples=16",
+    "eval.max_examples=8",
+    "eval.generation.max_new_tokens=8",
+    "eval.prompt_baseline.num_fewshot=1",
+]
+
+
+def compose_config(overrides: list[str] | None = None):
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base=None):
+        return compose("config", overrides=overrides or [])
+
+
+def make_config(overrides: list[str] | None = None) -> RunConfig:
+    return to_run_config(compose_config(overrides))
+
+
+@pytest.fixture
+def tiny_config(tmp_path, monkeypatch) -> RunConfig:
+    """A run config on the tiny model with a private baseline cache (models are shared across tests)."""
+    return make_config(TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from harness.config import ModelConfig
+    from harness.model import load_tokenizer
+
+    return load_tokenizer(ModelConfig(kind="tiny"))
+
+
+@pytest.fixture
+def tiny_base():
+    from harness.config import ModelConfig, QuantConfig
+    from harness.model import load_base_model
+
+    return load_base_model(ModelConfig(kind="tiny"), QuantConfig(method="none"), "cpu")
