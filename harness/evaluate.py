@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from harness.config import EvalConfig
 from harness.data import Conversation, DataError, read_jsonl, validate_messages
 from harness.graders import aggregate, grade, grader_version
+from harness.model import fast_cpu_inference
 from harness.stats import estimate
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,14 @@ def build_prompt(
     return prompt + messages
 
 
-@torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy completions for chat prompts, batched with left padding."""
+    with fast_cpu_inference(model):
+        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+
+
+@torch.no_grad()
+def _generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[str]:
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row ends at its prompt's end
@@ -186,7 +192,6 @@ class CanaryResult:
     n: int
 
 
-@torch.no_grad()
 def check_adapter_active(peft_model, tokenizer, examples: list[HeldoutExample], max_new_tokens: int = 32,
                          min_logit_diff: float = 1e-6) -> CanaryResult:
     """Prove the adapter is applied: its logits must differ from the base's (adapter disabled) on real prompts.
@@ -196,6 +201,19 @@ def check_adapter_active(peft_model, tokenizer, examples: list[HeldoutExample], 
     """
     if not hasattr(peft_model, "disable_adapter"):
         raise AdapterInactiveError("the model has no adapter attached (not a PeftModel)")
+    with fast_cpu_inference(peft_model):
+        result = _canary(peft_model, tokenizer, examples, max_new_tokens)
+    if result.max_logit_diff < min_logit_diff:
+        raise AdapterInactiveError(
+            f"adapter canary failed: logits with and without the adapter differ by at most "
+            f"{result.max_logit_diff:.2e} on {result.n} held-out prompts; the adapter is not applied "
+            "(or its LoRA B matrices are zero)"
+        )
+    return result
+
+
+@torch.no_grad()
+def _canary(peft_model, tokenizer, examples: list[HeldoutExample], max_new_tokens: int) -> CanaryResult:
     prompts = [example.messages for example in examples]
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
@@ -214,10 +232,4 @@ def check_adapter_active(peft_model, tokenizer, examples: list[HeldoutExample], 
     with peft_model.disable_adapter():
         base_outputs = generate(peft_model, tokenizer, prompts, max_new_tokens, len(prompts))
     changed = sum(a != b for a, b in zip(adapter_outputs, base_outputs))
-    result = CanaryResult(max_logit_diff=max_diff, outputs_changed=changed, n=len(prompts))
-    if max_diff < min_logit_diff:
-        raise AdapterInactiveError(
-            f"adapter canary failed: logits with and without the adapter differ by at most {max_diff:.2e} on "
-            f"{len(prompts)} held-out prompts; the adapter is not applied (or its LoRA B matrices are zero)"
-        )
-    return result
+    return CanaryResult(max_logit_diff=max_diff, outputs_changed=changed, n=len(prompts))

@@ -315,3 +315,51 @@ def _staging_dir(final: Path) -> Iterator[Path]:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def fast_cpu_inference(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """On CPU, run inference with NF4 weights dequantized once instead of at every forward.
+
+    bitsandbytes' CPU 4-bit matmul dequantizes the weight on every call (generation makes thousands), which made
+    held-out generation ~10x slower than training here. Each `Linear4bit` is swapped for a plain `nn.Linear`
+    holding exactly the dequantized NF4 values in the compute dtype (bitsandbytes computes in that dtype too),
+    and swapped back on exit, so training resumes on the real 4-bit layers. A no-op on CUDA.
+    Inference on CPU must go through here: bitsandbytes' own CPU inference path repacks the weights in place and
+    computes in bf16.
+    """
+    import bitsandbytes as bnb
+
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, bnb.nn.Linear4bit) and child.weight.device.type == "cpu":
+                weight = _dequantized_weight(child)
+                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                        dtype=weight.dtype)
+                plain.weight = torch.nn.Parameter(weight, requires_grad=False)
+                if child.bias is not None:
+                    plain.bias = torch.nn.Parameter(child.bias.data.to(weight.dtype), requires_grad=False)
+                setattr(parent, name, plain)
+                swapped.append((parent, name, child))
+    try:
+        yield model
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
+def _dequantized_weight(layer) -> torch.Tensor:
+    """The exact weight a bitsandbytes 4-bit layer trains with, in its compute dtype."""
+    from bitsandbytes.functional import dequantize_4bit
+
+    state = layer.weight.quant_state
+    with torch.no_grad():
+        if not getattr(state, "packing_format_for_cpu", False):
+            return dequantize_4bit(layer.weight, state).to(layer.compute_dtype or torch.float32)
+        # Already repacked by a bitsandbytes CPU inference call: read the weight back through the layer.
+        eye = torch.eye(layer.in_features, dtype=layer.compute_dtype or torch.float32)
+        weight = layer(eye).T.contiguous()
+        if layer.bias is not None:
+            weight -= layer.bias.to(weight.dtype)[:, None]
+        return weight
