@@ -12,50 +12,25 @@ from pathlib import Path
 
 OUT = Path(__file__).with_name("harness_instruct_follow.jsonl")
 
-# rule -> (instruction template, [(question, params), ...]). `{n}` / `{word}` in the template are
-# filled from params. Answers are kept short so that a 48-token generation budget suffices.
+# rule -> (instruction template, [(question, params), ...]). `{n}` / `{word}` / `{text}` in the template
+# are filled from params. Answers are short, so a 48-token generation budget suffices.
 RULE_PROMPTS: dict[str, tuple[str, list[tuple[str, dict]]]] = {
-    "one_word": (
-        "Answer with exactly one word and nothing else. {question}",
+    # Rules SmolLM2-135M-Instruct mostly obeys: a drop here is forgetting of basic instruction following.
+    "yes_no_start": (
+        "{question} Start your answer with yes or no.",
         [
-            ("What color is the sky on a clear day?", {}),
-            ("What animal says moo?", {}),
-            ("What is the capital of France?", {}),
-            ("What do bees make?", {}),
-            ("What is frozen water called?", {}),
-            ("Which planet do we live on?", {}),
-            ("What do you wear on your feet?", {}),
-            ("What season comes after winter?", {}),
-        ],
-    ),
-    "uppercase": (
-        "Answer in capital letters only, with no lowercase letters. {question}",
-        [
-            ("What is your favorite fruit?", {}),
-            ("Describe the weather on a sunny day in one sentence.", {}),
-            ("Name a color of the rainbow.", {}),
-            ("What do people drink in the morning?", {}),
-            ("Say hello to a friend.", {}),
-            ("What is the largest ocean?", {}),
-            ("Name an animal that lives in the sea.", {}),
-            ("What do you use to write?", {}),
-        ],
-    ),
-    "lowercase": (
-        "Answer in lowercase letters only, with no capital letters at all. {question}",
-        [
-            ("What is the capital of Japan?", {}),
-            ("Name a fruit that is yellow.", {}),
-            ("Describe a cat in one sentence.", {}),
-            ("What do you do when you are tired?", {}),
-            ("Name a day of the week.", {}),
-            ("What is the opposite of hot?", {}),
-            ("Where do fish live?", {}),
-            ("What is your favorite season and why? Use one sentence.", {}),
+            ("Is the sun hot?", {}),
+            ("Do cats bark?", {}),
+            ("Is snow cold?", {}),
+            ("Can fish fly like birds?", {}),
+            ("Is Paris in France?", {}),
+            ("Do plants need water?", {}),
+            ("Is the Moon bigger than the Earth?", {}),
+            ("Is the ocean made of sand?", {}),
         ],
     ),
     "list_n": (
-        "List exactly {n} {question}, one per line, with no other text.",
+        "Give a numbered list of exactly {n} {question}.",
         [
             ("fruits", {"n": 3}),
             ("colors", {"n": 4}),
@@ -67,56 +42,111 @@ RULE_PROMPTS: dict[str, tuple[str, list[tuple[str, dict]]]] = {
             ("sports", {"n": 2}),
         ],
     ),
+    "one_sentence": (
+        "{question} Answer in one sentence.",
+        [
+            ("What is the Moon?", {}),
+            ("What is a dog?", {}),
+            ("What do cows eat?", {}),
+            ("Why do people sleep?", {}),
+            ("What is a library?", {}),
+            ("What does a teacher do?", {}),
+            ("What is rain?", {}),
+            ("What is a bicycle?", {}),
+        ],
+    ),
+    "max_words": (
+        "{question} Answer in at most {n} words.",
+        [
+            ("What is water made of?", {"n": 20}),
+            ("What is a computer?", {"n": 20}),
+            ("Why do we need water?", {"n": 20}),
+            ("What is gravity?", {"n": 25}),
+            ("Describe the ocean.", {"n": 25}),
+            ("What is a triangle?", {"n": 15}),
+            ("Where does the sun rise?", {"n": 15}),
+            ("What do birds eat?", {"n": 15}),
+        ],
+    ),
+    "include_word": (
+        'Write a sentence that contains the word "{word}".',
+        [
+            ("", {"word": "blue"}),
+            ("", {"word": "river"}),
+            ("", {"word": "happy"}),
+            ("", {"word": "bread"}),
+            ("", {"word": "window"}),
+            ("", {"word": "music"}),
+            ("", {"word": "garden"}),
+            ("", {"word": "winter"}),
+        ],
+    ),
+    "repeat_exact": (
+        "Repeat this sentence exactly: {text}",
+        [
+            ("", {"text": "The cat sat on the mat."}),
+            ("", {"text": "I like to read books in the evening."}),
+            ("", {"text": "The train leaves at noon."}),
+            ("", {"text": "Birds sing in the morning."}),
+            ("", {"text": "My brother has a red bicycle."}),
+            ("", {"text": "We planted tomatoes in the garden."}),
+            ("", {"text": "The library opens on Monday."}),
+            ("", {"text": "Please close the door quietly."}),
+        ],
+    ),
+    # Rules it rarely obeys: headroom, so that an adapter that improves instruction following shows.
+    "one_word": (
+        "Answer with exactly one word and nothing else. {question}",
+        [
+            ("What color is the sky on a clear day?", {}),
+            ("What is the capital of France?", {}),
+            ("What do bees make?", {}),
+            ("What is frozen water called?", {}),
+        ],
+    ),
+    "uppercase": (
+        "Answer in capital letters only, with no lowercase letters. {question}",
+        [
+            ("What is your favorite fruit?", {}),
+            ("Name a color of the rainbow.", {}),
+            ("What is the largest ocean?", {}),
+            ("Say hello to a friend.", {}),
+        ],
+    ),
+    "lowercase": (
+        "Answer in lowercase letters only, with no capital letters at all. {question}",
+        [
+            ("What is the capital of Japan?", {}),
+            ("Name a fruit that is yellow.", {}),
+            ("Where do fish live?", {}),
+            ("What is the opposite of hot?", {}),
+        ],
+    ),
     "end_with_word": (
         "{question} Answer in one short sentence and end your answer with the word {word}.",
         [
             ("What is the capital of Italy?", {"word": "DONE"}),
-            ("Why do people sleep?", {"word": "DONE"}),
-            ("What do cows eat?", {"word": "DONE"}),
-            ("What is rain?", {"word": "DONE"}),
+            ("What do plants need to grow?", {"word": "DONE"}),
             ("Name a big city.", {"word": "END"}),
-            ("What do plants need to grow?", {"word": "END"}),
-            ("What is a dog?", {"word": "END"}),
-            ("Where does the sun rise?", {"word": "END"}),
+            ("Where does the sun set?", {"word": "END"}),
         ],
     ),
     "start_with_word": (
         "Start your answer with the word {word}. {question}",
         [
             ("What is the capital of Spain?", {"word": "Certainly"}),
-            ("Why is the sky blue?", {"word": "Certainly"}),
-            ("What do birds eat?", {"word": "Certainly"}),
             ("Name a planet.", {"word": "Certainly"}),
-            ("What is water made of?", {"word": "Well"}),
-            ("What is a triangle?", {"word": "Well"}),
             ("How do fish breathe?", {"word": "Well"}),
-            ("What is a library?", {"word": "Well"}),
+            ("What is a museum?", {"word": "Well"}),
         ],
     ),
     "yes_no": (
         "Answer only yes or no, with no other words. {question}",
         [
-            ("Is the sun hot?", {}),
-            ("Can fish fly like birds?", {}),
-            ("Is snow cold?", {}),
-            ("Do cats bark?", {}),
-            ("Is Paris in France?", {}),
-            ("Is the ocean made of sand?", {}),
-            ("Do plants need water?", {}),
-            ("Is the Moon bigger than the Earth?", {}),
-        ],
-    ),
-    "max_words": (
-        "Answer in at most {n} words. {question}",
-        [
-            ("What is the Moon?", {"n": 5}),
-            ("Why do we need water?", {"n": 8}),
-            ("What is a computer?", {"n": 6}),
-            ("Describe the ocean.", {"n": 5}),
-            ("What does a teacher do?", {"n": 8}),
-            ("What is gravity?", {"n": 6}),
-            ("Why do leaves fall in autumn?", {"n": 10}),
-            ("What is a bicycle?", {"n": 5}),
+            ("Is fire hot?", {}),
+            ("Do dogs have four legs?", {}),
+            ("Is ice warm?", {}),
+            ("Can a car fly?", {}),
         ],
     ),
     "number_only": (
@@ -126,10 +156,6 @@ RULE_PROMPTS: dict[str, tuple[str, list[tuple[str, dict]]]] = {
             ("How many days are in a week?", {}),
             ("How many months are in a year?", {}),
             ("How many wheels does a bicycle have?", {}),
-            ("How many hours are in a day?", {}),
-            ("How many legs does a dog have?", {}),
-            ("How many minutes are in an hour?", {}),
-            ("How many eyes does a person have?", {}),
         ],
     ),
     "wrap_in_quotes": (
@@ -137,11 +163,7 @@ RULE_PROMPTS: dict[str, tuple[str, list[tuple[str, dict]]]] = {
         [
             ("What is the capital of Germany?", {}),
             ("Name a famous painter.", {}),
-            ("What is your favorite animal?", {}),
-            ("Say good morning.", {}),
             ("What color is grass?", {}),
-            ("What do people eat for breakfast?", {}),
-            ("Name a musical instrument.", {}),
             ("What is the opposite of day?", {}),
         ],
     ),

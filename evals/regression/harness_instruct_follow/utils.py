@@ -8,6 +8,8 @@ form of the answer is checked, never its truth (that is harness_general_mc's job
 import re
 
 _WORD = re.compile(r"[\w'-]+")
+_LIST_ITEM = re.compile(r"^\s*(\d+[.)]|[-*•])\s+\S")
+_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
 
 
 def _words(response: str) -> list[str]:
@@ -28,9 +30,27 @@ def lowercase(response: str, params: dict) -> bool:
 
 
 def list_n(response: str, params: dict) -> bool:
-    # An intro line ("Here are 3 fruits:") counts as a line: the prompt asks for no other text.
-    lines = [line for line in response.splitlines() if line.strip()]
-    return len(lines) == params["n"]
+    # Count list items ("1. x", "2) y", "- z"); an intro line is allowed, a missing or extra item is not.
+    items = [line for line in response.splitlines() if _LIST_ITEM.match(line)]
+    return len(items) == params["n"]
+
+
+def one_sentence(response: str, params: dict) -> bool:
+    # One line, ending in the only sentence-final punctuation mark ("...word. Next" would be two).
+    return "\n" not in response and len(_SENTENCE_END.findall(response)) == 1 and response.endswith((".", "!", "?"))
+
+
+def include_word(response: str, params: dict) -> bool:
+    return params["word"].lower() in (w.lower() for w in _words(response))
+
+
+def repeat_exact(response: str, params: dict) -> bool:
+    return response == params["text"]
+
+
+def yes_no_start(response: str, params: dict) -> bool:
+    words = _words(response)
+    return bool(words) and words[0].lower() in ("yes", "no")
 
 
 def end_with_word(response: str, params: dict) -> bool:
@@ -61,14 +81,18 @@ def wrap_in_quotes(response: str, params: dict) -> bool:
 
 
 CHECKS = {
+    "yes_no_start": yes_no_start,
+    "list_n": list_n,
+    "one_sentence": one_sentence,
+    "max_words": max_words,
+    "include_word": include_word,
+    "repeat_exact": repeat_exact,
     "one_word": one_word,
     "uppercase": uppercase,
     "lowercase": lowercase,
-    "list_n": list_n,
     "end_with_word": end_with_word,
     "start_with_word": start_with_word,
     "yes_no": yes_no,
-    "max_words": max_words,
     "number_only": number_only,
     "wrap_in_quotes": wrap_in_quotes,
 }
