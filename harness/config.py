@@ -170,6 +170,13 @@ class SFTStageConfig:
     logging_steps: int = 1
 
 
+# The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); sigmoid is the DPO paper's loss.
+DPO_LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)
+
+
 @dataclass
 class DPOStageConfig:
     """Direct preference optimisation (trl DPOTrainer) on the same adapter."""
@@ -182,14 +189,23 @@ class DPOStageConfig:
     warmup_ratio: float = 0.0
     scheduler: str = "linear"
     beta: float = 0.1  # strength of the KL penalty towards the reference; smaller = further from it
-    loss_type: str = "sigmoid"  # sigmoid (DPO), ipo, hinge, robust, ... (any trl DPOConfig loss_type)
+    loss_type: str = "sigmoid"  # sigmoid (DPO), ipo, hinge, robust, ... (one of DPO_LOSS_TYPES)
+    # robust: probability that a preference label is flipped, in [0, 0.5); exo_pair: its epsilon (> 0, e.g. 1e-3)
+    label_smoothing: float = 0.0
     precompute_ref_log_probs: bool = True  # reference log-probs computed once before training
-    max_length: int = 256
+    max_length: int = 256  # tokens of prompt + answer; longer pairs are truncated at the end
     logging_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise ValueError(f"train.dpo.beta={self.beta} must be > 0")
+        # trl only rejects an unknown loss at the first training step, after the reference pass
+        if self.loss_type not in DPO_LOSS_TYPES:
+            raise ValueError(f"train.dpo.loss_type={self.loss_type!r}: expected one of {', '.join(DPO_LOSS_TYPES)}")
+        if self.loss_type == "exo_pair" and self.label_smoothing <= 0:
+            raise ValueError("train.dpo.loss_type=exo_pair needs train.dpo.label_smoothing > 0 (e.g. 1e-3)")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"train.dpo.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
 
 
 @dataclass
@@ -238,8 +254,21 @@ class SweepConfig:
     objective: str = "constrained"  # constrained (held-out up, regressions within limits) or multi
     prune_eval_examples: int = 16  # held-out subset scored at intermediate steps for pruning
     prune_every_steps: int = 10
-    tracking: str = "mlflow"  # mlflow, wandb, none
+    prune_threshold: float = 0.0  # pruner=threshold: stop trials whose subset score is below this
+    tracking: str = "mlflow"  # mlflow (local store under sweeps/<name>/ by default), wandb, none
+    tracking_uri: Optional[str] = None  # e.g. an MLflow server URL; None = sqlite:///sweeps/<name>/mlflow.db
     price_per_gpu_hour: float = 2.0  # for the report's cost estimate
+    sweeps_dir: str = "sweeps"  # sweep state and trial artifacts go to <sweeps_dir>/<name>/
+    heartbeat_interval: int = 60  # seconds; RDB storages mark trials without a heartbeat for grace_period stale
+    grace_period: int = 180
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("grid", "tpe", "random"):
+            raise ValueError(f"sweep.sampler={self.sampler!r}: expected grid, tpe or random")
+        if self.objective not in ("constrained", "multi"):
+            raise ValueError(f"sweep.objective={self.objective!r}: expected constrained or multi")
+        if self.workers < 1:
+            raise ValueError(f"sweep.workers={self.workers} must be >= 1")
 
 
 @dataclass

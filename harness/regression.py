@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,25 @@ def run_regression(
     return {task: _regression_score(results, task) for task in results["samples"]}
 
 
+def score_regression(model, tokenizer, eval_cfg) -> dict[str, dict]:
+    """The eval set's regression benchmarks (each with its own `limit`) as plain dicts for results records.
+
+    On CPU the NF4 weights are dequantized once for the whole evaluation (see model.fast_cpu_inference).
+    """
+    from harness.model import fast_cpu_inference
+
+    scores: dict[str, dict] = {}
+    with fast_cpu_inference(model):
+        for benchmark in eval_cfg.regression:
+            results = run_regression(
+                model, tokenizer, [benchmark.task], batch_size=eval_cfg.regression_batch_size, limit=benchmark.limit
+            )
+            for task, score in results.items():
+                scores[task] = {**asdict(score), "batch_size": eval_cfg.regression_batch_size,
+                                "limit": benchmark.limit}
+    return scores
+
+
 def regression_task_versions(tasks: list[str], include_path: str | None = None) -> dict[str, str]:
     """`metadata.version` of each named task, read from its YAML without loading data or a model."""
     task_manager = _task_manager(include_path)
@@ -125,7 +144,7 @@ def _check_known(task_manager: TaskManager, name: str) -> None:
 
 
 def _task_spec(task_manager: TaskManager, name: str) -> str | dict[str, Any]:
-    """The task name, or for an out-of-tree task with relative data_files its config with them made absolute."""
+    """The name, or for an out-of-tree task with relative data_files its config with them made absolute."""
     _check_known(task_manager, name)
     entry = task_manager.task_index[name]
     if entry.kind != Kind.TASK or entry.yaml_path is None:

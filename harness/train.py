@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 
 from harness.artifacts import write_jsonl_atomic
 from harness.config import SFTStageConfig
@@ -72,6 +72,7 @@ def train_sft(
     gradient_checkpointing: bool = False,
     previous_loss_log: list[dict] | None = None,
     callbacks: list[TrainerCallback] | None = None,
+    progress: bool = True,
 ) -> StageResult:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -105,6 +106,7 @@ def train_sft(
         report_to=[],
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
+        disable_tqdm=not progress,
     )
     loss_logger = LossLogger(run_dir / "loss.jsonl", "sft", previous_loss_log)
     trainer_class = _model_loss_sft_trainer() if device == "cpu" else SFTTrainer
@@ -115,6 +117,8 @@ def train_sft(
         processing_class=tokenizer,
         callbacks=[loss_logger, *(callbacks or [])],
     )
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict when the progress bar is off
     result = _run_stage(trainer, "sft", loss_logger, device)
     shutil.rmtree(args.output_dir, ignore_errors=True)  # nothing is saved there (save_strategy="no")
     return result

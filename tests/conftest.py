@@ -23,8 +23,6 @@ TINY_OVERRIDES = [
     "train.sft.batch_size=4",
     "data.max_sft_examples=16",
     "eval.max_examples=8",
-    "eval.generation.max_new_tokens=8",
-    "eval.prompt_baseline.num_fewshot=1",
 ]
 
 

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from harness.regression import REGRESSION_TASKS_DIR, RegressionScore, regression_task_versions, run_regression
 
-SMOL_DIR = Path("/tmp/smol_cache")
 
-
-# --- fixtures: the real tokenizer and a tiny random llama (swap for the project's loaders) ---------------
-@pytest.fixture(scope="module")
-def tokenizer():
-    if not (SMOL_DIR / "tokenizer.json").exists():
-        pytest.skip(f"SmolLM2 tokenizer not found at {SMOL_DIR}")
-    return AutoTokenizer.from_pretrained(SMOL_DIR)
-
-
+# --- fixtures: the real SmolLM2 tokenizer (tests/conftest.py) and a tiny random llama ---------------------
 @pytest.fixture(scope="module")
 def tiny_model(tokenizer):
     torch.manual_seed(0)
@@ -73,7 +64,8 @@ def test_run_regression_matches_lm_eval_called_directly(tiny_model, tokenizer, t
         apply_chat_template=True,
     )
     expected = direct["results"]["harness_general_mc"]
-    expected_per_doc = [s["acc"] for s in sorted(direct["samples"]["harness_general_mc"], key=lambda s: s["doc_id"])]
+    direct_samples = sorted(direct["samples"]["harness_general_mc"], key=lambda s: s["doc_id"])
+    expected_per_doc = [s["acc"] for s in direct_samples]
 
     assert isinstance(score, RegressionScore)
     assert score.metric == "acc"
@@ -94,13 +86,13 @@ def test_run_regression_matches_lm_eval_called_directly(tiny_model, tokenizer, t
         ("uppercase", {}, "HELLO, FRIEND", "123"),
         ("lowercase", {}, "tokyo is the capital.", "Tokyo"),
         ("yes_no_start", {}, "No, the Moon is smaller.", "The Moon is not bigger."),
-        ("list_n", {"n": 3}, "Here are three fruits:\n1. apple\n2. banana\n\n3. cherry\n", "1. apple\n2. banana"),
+        ("list_n", {"n": 3}, "Fruits:\n1. apple\n2. banana\n\n3. cherry\n", "1. apple\n2. banana"),
         ("list_n", {"n": 2}, "- soccer\n- tennis", "soccer, tennis"),
         ("one_sentence", {}, "A dog is a loyal animal.", "A dog is loyal. It barks."),
         ("one_sentence", {}, "Rain is water that falls from clouds!", "Rain is water that falls from"),
         ("include_word", {"word": "river"}, "We swam in the River.", "We swam in the riverbank pool."),
-        ("repeat_exact", {"text": "The cat sat on the mat."}, " The cat sat on the mat.\n", "The cat sat on a mat."),
-        ("end_with_word", {"word": "DONE"}, "Rome is the capital of Italy. DONE", "DONE. Rome is the capital."),
+        ("repeat_exact", {"text": "The cat sat."}, " The cat sat.\n", "The cat sat down."),
+        ("end_with_word", {"word": "DONE"}, "Rome is the capital. DONE", "DONE. Rome is the capital."),
         ("end_with_word", {"word": "END"}, "The sun rises in the east END.", "The sun rises in the east."),
         ("start_with_word", {"word": "Certainly"}, "Certainly! Madrid.", "The answer is Madrid. Certainly"),
         ("yes_no", {}, "Yes.", "Yes, the sun is hot."),
@@ -147,3 +139,17 @@ def test_unknown_task_raises_naming_it(tiny_model, tokenizer):
 def test_regression_task_versions():
     versions = regression_task_versions(["harness_general_mc", "harness_instruct_follow"])
     assert versions == {"harness_general_mc": "1.0", "harness_instruct_follow": "1.0"}
+
+
+def test_peft_model_runs_and_keeps_training_mode(tiny_model, tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    base = run_regression(tiny_model, tokenizer, ["harness_general_mc"], batch_size=4, limit=8)
+    # A fresh LoRA adapter starts as a no-op (B = 0), so it must score exactly like its base model.
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    peft_model = get_peft_model(copy.deepcopy(tiny_model), lora)
+    peft_model.train()
+    adapted = run_regression(peft_model, tokenizer, ["harness_general_mc"], batch_size=4, limit=8)
+
+    assert adapted["harness_general_mc"].per_example == base["harness_general_mc"].per_example
+    assert peft_model.training, "run_regression must leave the caller's train/eval mode as it was"

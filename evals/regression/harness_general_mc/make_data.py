@@ -15,7 +15,8 @@ SEED = 1234
 OUT = Path(__file__).with_name("harness_general_mc.jsonl")
 
 # (category, question, correct answer, three wrong answers). Facts a small instruct model is
-# expected to know; the wrong answers are the same kind of thing and plainly wrong.
+# expected to know; the wrong answers are the same kind of thing and plainly wrong. One per line.
+# fmt: off
 ITEMS: list[tuple[str, str, str, str, str, str]] = [
     # capitals of large or well-known countries
     ("capitals", "What is the capital of France?", "Paris", "Berlin", "Madrid", "Rome"),
@@ -220,6 +221,7 @@ ITEMS: list[tuple[str, str, str, str, str, str]] = [
     ("culture", "Which holiday is celebrated on December 25?", "Christmas", "Halloween", "Easter", "Thanksgiving"),
     ("culture", "Which holiday is known for costumes and trick-or-treating?", "Halloween", "Christmas", "New Year", "Easter"),
 ]
+# fmt: on
 
 
 def main() -> None:

@@ -37,7 +37,8 @@ def list_n(response: str, params: dict) -> bool:
 
 def one_sentence(response: str, params: dict) -> bool:
     # One line, ending in the only sentence-final punctuation mark ("...word. Next" would be two).
-    return "\n" not in response and len(_SENTENCE_END.findall(response)) == 1 and response.endswith((".", "!", "?"))
+    one_line = "\n" not in response
+    return one_line and len(_SENTENCE_END.findall(response)) == 1 and response.endswith((".", "!", "?"))
 
 
 def include_word(response: str, params: dict) -> bool:

@@ -1,0 +1,666 @@
+"""Regression gate for CI: is a candidate adapter worse than the committed baseline, on the user's task or
+on general ability? Exit 0: pass; 1: a regression was found; 2: cannot compare (bad input, missing files, eval
+set, base model or tokenizer mismatch, adapter canary failure). The first line printed says which, and why.
+
+    python -m harness.gate baseline --from sweeps/runs/<run> [--out reports/baseline.json]
+    python -m harness.gate check --candidate sweeps/runs/<run> --baseline reports/baseline.json \
+        [--out reports/gate] [--alpha 0.05] [--min-effect 0.02] [--reevaluate] [hydra overrides ...]
+    python -m harness.gate evaluate --candidate <adapter dir> --out DIR [hydra overrides ...]
+
+The candidate is an adapter directory (adapter_config.json + adapter_model.safetensors) or a run or trial
+directory holding `adapter/`. Its results.json is reused when its eval set hash, base model and adapter hash
+match the current ones; otherwise the adapter is evaluated here (base model, adapter, canary, held-out set,
+regression benchmarks) and that evaluation is written as a results record (`candidate_results.json`). The
+Hydra overrides choose the eval set and the base model as for `python -m harness`: pass the baseline's.
+
+Checks, each on the same examples as the baseline (paired: `harness.stats.compare_paired`, McNemar for 0/1
+scores, paired bootstrap otherwise):
+  heldout_min_score     the candidate's held-out score >= the baseline's min_score
+  heldout_vs_baseline   fails when the candidate is below the baseline by more than --min-effect AND the
+                        paired test rejects "no difference" at --alpha
+  regression/<task>     fails when the drop exceeds the task's max_regression AND the paired test rejects "no
+                        difference" at --alpha
+A drop beyond its limit that the paired test cannot tell from noise is a warning: shown, not failed.
+
+Outputs (--out, each written atomically): junit.xml (one testcase per check), summary.md (verdict line and a
+table for a PR comment or $GITHUB_STEP_SUMMARY), gate.json, and candidate_results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import json
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from harness.artifacts import REPO_ROOT, git_revision, library_versions, write_json_atomic, write_text_atomic
+from harness.config import RunConfig
+from harness.stats import compare_paired
+
+BASELINE_FORMAT = "harness.gate/baseline-v1"
+# Baselines keep each example's output when they are this small in total (characters), so that a failing gate
+# can show what changed; larger eval sets keep scores only, to keep the committed file reviewable.
+MAX_BASELINE_OUTPUT_CHARS = 100_000
+MAX_WORSE_EXAMPLES_SHOWN = 5
+EXIT_CODES = {"pass": 0, "fail": 1, "cannot_compare": 2}
+
+
+class CannotCompareError(Exception):
+    """Candidate and baseline cannot be compared (missing file, different eval set or base model, ...)."""
+
+
+@dataclass
+class GateSettings:
+    """How a difference is judged (`check` options)."""
+
+    alpha: float = 0.05  # significance level of each paired test
+    min_effect: float = 0.02  # held-out drops up to this size never fail, significant or not
+    seed: int = 0  # paired bootstrap seed (partial-credit scores only; McNemar is exact)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"--alpha={self.alpha} must be in (0, 1)")
+        if not 0.0 <= self.min_effect <= 1.0:
+            raise ValueError(f"--min-effect={self.min_effect} must be in [0, 1]")
+
+
+@dataclass
+class Check:
+    """One gate decision: a JUnit testcase and a row of the summary table."""
+
+    name: str  # heldout_min_score, heldout_vs_baseline, regression/<task>
+    title: str  # what is compared, for the table
+    status: str  # pass | warn | fail
+    message: str  # one line: the numbers and why the check passed or failed
+    baseline: float
+    candidate: float
+    limit: str  # the rule, e.g. ">= 0.800" or "drop <= 0.050 unless noise"
+    delta: float | None = None  # candidate - baseline
+    ci_low: float | None = None  # interval of the delta (of the candidate's score for heldout_min_score)
+    ci_high: float | None = None
+    p_value: float | None = None
+    test: str = ""  # mcnemar | paired_bootstrap
+    n: int = 0
+
+
+@dataclass
+class GateReport:
+    """The verdict, every check, and the identities of what was compared."""
+
+    verdict: str  # pass | fail | cannot_compare
+    reason: str  # the one line printed first
+    checks: list[Check] = field(default_factory=list)
+    eval_set: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    baseline: dict = field(default_factory=dict)  # path, adapter hash, created_from, created_at
+    candidate: dict = field(default_factory=dict)  # path, adapter hash, how its results were obtained
+    settings: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    worse_examples: list[dict] = field(default_factory=list)  # held-out examples the candidate got worse on
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Baselines
+
+
+def make_baseline(results: dict, created_from: str) -> dict:
+    """The committed baseline record from a run's (or a gate evaluation's) results record."""
+    try:
+        if results.get("status") != "complete":
+            raise CannotCompareError(
+                f"{created_from}: results status is {results.get('status')!r}, not complete")
+        stage = results["stages"][results["final"]["stage"]]
+        heldout = stage["heldout"]
+        keep_outputs = sum(len(row["output"]) for row in heldout["per_example"]) <= MAX_BASELINE_OUTPUT_CHARS
+        per_example = [
+            {"source": row["source"], "score": row["score"],
+             **({"output": row["output"]} if keep_outputs else {})}
+            for row in heldout["per_example"]
+        ]
+        limits = {b["task"]: b for b in results["config"]["eval"]["regression"]}
+        regression = {}
+        for task, scores in stage["regression"].items():
+            if task not in limits:
+                raise CannotCompareError(
+                    f"{created_from}: regression task {task!r} has no limit in its config")
+            regression[task] = {
+                **{k: v for k, v in scores.items() if k != "per_example"},
+                "max_regression": limits[task]["max_regression"],
+                "limit": limits[task]["limit"],
+                "per_example": scores["per_example"],
+            }
+        return {
+            "format": BASELINE_FORMAT,
+            "created_from": created_from,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "git_revision": git_revision(),
+            "eval_set": results["eval_set"],
+            "model": results["model"],
+            "tokenizer": results["tokenizer"],
+            "adapter": {"hash": results["adapter"]["hash"], "path": results["adapter"]["path"]},
+            "min_score": results["eval_set"]["min_score"],
+            "heldout": {
+                **{k: heldout[k] for k in ("score", "stderr", "ci_low", "ci_high", "n")},
+                "grader_versions": heldout.get("grader_versions", {}),
+                "outputs_kept": keep_outputs,
+                "per_example": per_example,
+            },
+            "regression": regression,
+            "library_versions": results["metrics"]["library_versions"],
+        }
+    except KeyError as err:
+        raise CannotCompareError(
+            f"{created_from}: not a complete results record (missing key {err})") from None
+
+
+def load_baseline(path: Path) -> dict:
+    if not path.is_file():
+        raise CannotCompareError(f"baseline {path} not found; write one with: "
+                                 f"python -m harness.gate baseline --from <run dir> --out {path}")
+    baseline = _read_json(path)
+    if baseline.get("format") != BASELINE_FORMAT:
+        raise CannotCompareError(
+            f"{path}: not a gate baseline (format {baseline.get('format')!r}, expected {BASELINE_FORMAT!r}); "
+            "write one with: python -m harness.gate baseline --from ...")
+    return baseline
+
+
+def results_path_of(source: Path) -> Path:
+    """A run or trial directory's results.json, or the results file itself."""
+    path = source / "results.json" if source.is_dir() else source
+    if not path.is_file():
+        raise CannotCompareError(f"{path} not found (an unfinished run has no results.json)")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Candidates
+
+
+def locate_candidate(candidate: Path) -> tuple[Path, Path | None]:
+    """(adapter dir, results.json beside it or None) for an adapter, run or trial directory."""
+    if not candidate.exists():
+        raise CannotCompareError(f"candidate {candidate} does not exist")
+    if (candidate / "adapter_model.safetensors").is_file():
+        adapter_dir, results = candidate, candidate.parent / "results.json"
+    elif (candidate / "adapter" / "adapter_model.safetensors").is_file():
+        adapter_dir, results = candidate / "adapter", candidate / "results.json"
+    else:
+        raise CannotCompareError(f"candidate {candidate}: no adapter_model.safetensors in it or in "
+                                 f"{candidate / 'adapter'} (not an adapter, or an unfinished run)")
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise CannotCompareError(f"candidate {adapter_dir}: adapter_config.json missing")
+    return adapter_dir, results if results.is_file() else None
+
+
+def candidate_results(cfg: RunConfig, candidate: Path, reevaluate: bool = False) -> tuple[dict, str]:
+    """The candidate's results record and how it was obtained ("reused <path>" or "evaluated: <why>")."""
+    from harness.evalset import verify_frozen
+    from harness.model import adapter_hash
+
+    adapter_dir, results_path = locate_candidate(candidate)
+    eval_set_hash = verify_frozen(cfg.eval)
+    why = "--reevaluate" if reevaluate else "no results.json beside the adapter"
+    if results_path is not None and not reevaluate:
+        results = _read_json(results_path)
+        mismatch = _reuse_mismatch(cfg, results, eval_set_hash, adapter_hash(adapter_dir))
+        if mismatch is None:
+            return results, f"reused {results_path}"
+        why = f"{results_path} not reusable: {mismatch}"
+    return evaluate_candidate(cfg, adapter_dir), f"evaluated ({why})"
+
+
+def evaluate_candidate(cfg: RunConfig, adapter_dir: Path) -> dict:
+    """Evaluate a saved adapter as a run would; returns a results record (keys as in run.build_results)."""
+    from harness.evalset import verify_frozen
+    from harness.evaluate import check_adapter_active, evaluate_heldout, load_heldout
+    from harness.model import adapter_hash, load_adapter, load_base_model, resolve_device
+
+    started = time.perf_counter()
+    # 1. The frozen eval set (raises naming what changed).
+    eval_set_hash = verify_frozen(cfg.eval)
+    heldout = load_heldout(cfg.eval)
+
+    # 2. The base model for inference, the adapter on it, and the canary: an adapter that changes nothing
+    #    would be scored as the base model.
+    device = resolve_device(cfg.train.device)
+    base = load_base_model(cfg.model, cfg.quant, device, for_training=False)
+    model = load_adapter(base.model, adapter_dir)
+    canary = check_adapter_active(model, base.tokenizer, heldout[: cfg.eval.canary_examples])
+
+    # 3. Held-out task and regression benchmarks, every example kept for paired comparisons.
+    heldout_result = evaluate_heldout(model, base.tokenizer, cfg.eval, heldout)
+    regression = {}
+    if cfg.run_regression and cfg.eval.regression:
+        from harness.regression import score_regression
+
+        regression = score_regression(model, base.tokenizer, cfg.eval)
+
+    adapter_config = _read_json(adapter_dir / "adapter_config.json")
+    return {
+        "status": "complete",
+        "kind": "gate_evaluation",
+        "run_dir": None,
+        "config": _config_container(cfg),
+        "eval_set": {"name": cfg.eval.name, "hash": eval_set_hash, "n": len(heldout),
+                     "min_score": cfg.eval.min_score},
+        "model": {"id": base.model_id, "hash": base.model_hash, "quantized": base.quantized,
+                  "compute_dtype": str(base.compute_dtype)},
+        "tokenizer": tokenizer_identity(base.tokenizer),
+        "adapter": {"path": str(adapter_dir), "hash": adapter_hash(adapter_dir), "r": adapter_config.get("r"),
+                    "alpha": adapter_config.get("lora_alpha"),
+                    "target_modules": adapter_config.get("target_modules")},
+        "stages": {"gate": {"heldout": heldout_result.to_dict(), "regression": regression}},
+        "final": {
+            "stage": "gate",
+            "heldout": {k: getattr(heldout_result, k) for k in ("score", "stderr", "ci_low", "ci_high", "n")},
+            "meets_min_score": heldout_result.score >= cfg.eval.min_score,
+            "regression": {task: {k: v for k, v in r.items() if k != "per_example"}
+                           for task, r in regression.items()},
+        },
+        "canary": asdict(canary),
+        "metrics": {
+            "device": device,
+            "compute_dtype": str(base.compute_dtype),
+            "library_versions": library_versions(),
+            "seed": cfg.seed,
+            "git_revision": git_revision(),
+            "wall_time_s": time.perf_counter() - started,
+        },
+    }
+
+
+def tokenizer_identity(tokenizer) -> dict:
+    """Keys as in run.build_results, plus the chat template's hash (a new template changes every prompt)."""
+    template = tokenizer.chat_template or ""
+    return {"name": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()[:16]}
+
+
+def _reuse_mismatch(cfg: RunConfig, results: dict, eval_set_hash: str, adapter_sha: str) -> str | None:
+    """Why a candidate's own results.json cannot stand in for a fresh evaluation (None: it can)."""
+    if results.get("status") != "complete":
+        return f"status {results.get('status')!r}"
+    if results["eval_set"]["hash"] != eval_set_hash:
+        return f"eval set hash {results['eval_set']['hash']} != current {eval_set_hash}"
+    if results["adapter"]["hash"] != adapter_sha:
+        return "adapter hash differs from the adapter's files (adapter changed after the run)"
+    if results["model"]["hash"] != current_model_hash(cfg):
+        return f"base model hash {results['model']['hash']} != current {current_model_hash(cfg)}"
+    wanted = {b.task for b in cfg.eval.regression} if cfg.run_regression else set()
+    have = set(results["stages"][results["final"]["stage"]]["regression"])
+    if not wanted <= have:
+        return f"no regression scores for {', '.join(sorted(wanted - have))}"
+    return None
+
+
+def current_model_hash(cfg: RunConfig) -> str:
+    """The base model's fingerprint as load_base_model records it, without loading any weights."""
+    from harness.model import model_fingerprint, prepare_model_dir
+
+    model_dir = prepare_model_dir(cfg.model)
+    return model_fingerprint(Path(model_dir)) if Path(model_dir).is_dir() else str(model_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Comparison
+
+
+def check(cfg: RunConfig, candidate: Path, baseline_path: Path, settings: GateSettings,
+          reevaluate: bool = False) -> tuple[GateReport, dict]:
+    """Gate `candidate` against the baseline: (report, the candidate's results record)."""
+    from harness.evalset import verify_frozen
+
+    # 1. Refuse cheap mismatches before loading any weights.
+    baseline = load_baseline(baseline_path)
+    locate_candidate(candidate)
+    _require_same("eval set hash", baseline["eval_set"]["hash"], verify_frozen(cfg.eval),
+                  f"eval set {baseline['eval_set']['name']!r}; pass the overrides the baseline was made with")
+    _require_same("base model hash", baseline["model"]["hash"], current_model_hash(cfg),
+                  f"baseline base model {baseline['model']['id']!r}")
+
+    # 2. The candidate's results: reused when they match, else evaluated now.
+    record, how = candidate_results(cfg, candidate, reevaluate)
+
+    # 3. Every check on the same examples.
+    report = compare(baseline, record, settings)
+    report.baseline["path"] = str(baseline_path)
+    report.candidate.update(path=str(candidate), results=how)
+    return report, record
+
+
+def compare(baseline: dict, candidate: dict, settings: GateSettings) -> GateReport:
+    """Decide every check for a candidate results record against a baseline record (no model needed)."""
+    _require_comparable(baseline, candidate)
+    stage = candidate["stages"][candidate["final"]["stage"]]
+    base_rows, cand_rows = baseline["heldout"]["per_example"], stage["heldout"]["per_example"]
+    base_scores, cand_scores = [r["score"] for r in base_rows], [r["score"] for r in cand_rows]
+
+    checks = [_min_score_check(baseline, cand_scores, stage["heldout"]),
+              _paired_check("heldout_vs_baseline", f"held-out vs baseline ({baseline['eval_set']['name']})",
+                            base_scores, cand_scores, settings.min_effect, settings)]
+    for task, base_task in baseline["regression"].items():
+        cand_task = stage["regression"][task]
+        metric = f" ({base_task['metric']})" if "metric" in base_task else ""
+        checks.append(_paired_check(f"regression/{task}", f"regression {task}{metric}",
+                                    base_task["per_example"], cand_task["per_example"],
+                                    base_task["max_regression"], settings))
+
+    notes = []
+    if candidate["adapter"]["hash"] == baseline["adapter"]["hash"]:
+        notes.append("The candidate adapter is the baseline's adapter (same hash).")
+    for task in sorted(set(stage["regression"]) - set(baseline["regression"])):
+        notes.append(f"Regression task {task} is not in the baseline: scored, not gated.")
+    versions = candidate["metrics"]["library_versions"]
+    changed = sorted(k for k, v in baseline["library_versions"].items() if versions.get(k) != v)
+    if changed:
+        notes.append("Library versions differ from the baseline's: " + ", ".join(
+            f"{k} {baseline['library_versions'][k]} -> {versions.get(k)}" for k in changed))
+    worse = []
+    if baseline["heldout"]["outputs_kept"]:
+        changed_outputs = sum(b["output"] != c["output"] for b, c in zip(base_rows, cand_rows))
+        notes.append(
+            f"Held-out outputs that differ from the baseline's: {changed_outputs} of {len(base_rows)}.")
+        worse = [{"source": c["source"], "baseline_score": b["score"], "candidate_score": c["score"],
+                  "baseline_output": b["output"], "candidate_output": c["output"]}
+                 for b, c in zip(base_rows, cand_rows) if c["score"] < b["score"]]
+
+    failed = [c for c in checks if c.status == "fail"]
+    warned = [c for c in checks if c.status == "warn"]
+    if failed:
+        verdict = "fail"
+        reason = "FAIL: " + "; ".join(f"{c.name}: {c.message}" for c in failed)
+    else:
+        verdict = "pass"
+        reason = f"PASS: {len(checks)} of {len(checks)} checks passed" + (
+            f" ({len(warned)} warning{'s' if len(warned) > 1 else ''}: {', '.join(c.name for c in warned)})"
+            if warned else "")
+    return GateReport(
+        verdict=verdict, reason=reason, checks=checks,
+        eval_set={k: baseline["eval_set"][k] for k in ("name", "hash", "n")},
+        model={k: baseline["model"][k] for k in ("id", "hash", "quantized", "compute_dtype")},
+        baseline={"adapter_hash": baseline["adapter"]["hash"], "created_from": baseline["created_from"],
+                  "created_at": baseline["created_at"]},
+        candidate={"adapter_hash": candidate["adapter"]["hash"],
+                   "adapter_path": candidate["adapter"]["path"]},
+        settings=asdict(settings), notes=notes, worse_examples=worse,
+    )
+
+
+def _min_score_check(baseline: dict, cand_scores: list[float], cand_heldout: dict) -> Check:
+    min_score, score = baseline["min_score"], cand_heldout["score"]
+    passed = score >= min_score
+    return Check(
+        name="heldout_min_score", title="held-out score >= min_score",
+        status="pass" if passed else "fail",
+        message=(f"held-out score {score:.3f} {'>=' if passed else '<'} min_score {min_score:.3f} "
+                 f"(n={len(cand_scores)})"),
+        baseline=baseline["heldout"]["score"], candidate=score, limit=f">= {min_score:.3f}",
+        delta=score - baseline["heldout"]["score"],
+        ci_low=cand_heldout["ci_low"], ci_high=cand_heldout["ci_high"],
+        n=len(cand_scores),
+    )
+
+
+def _paired_check(name: str, title: str, base_scores: list[float], cand_scores: list[float], max_drop: float,
+                  settings: GateSettings) -> Check:
+    """Fail only when the drop is beyond `max_drop` and the paired test says it is not noise."""
+    comparison = compare_paired(base_scores, cand_scores, alpha=settings.alpha, seed=settings.seed)
+    beyond_limit = comparison.delta < -max_drop
+    if beyond_limit and comparison.significant:
+        status, why = "fail", f"drop beyond the {max_drop:.3f} limit and significant"
+    elif beyond_limit:
+        status, why = "warn", f"drop beyond the {max_drop:.3f} limit but not distinguishable from noise"
+    else:
+        status, why = "pass", f"within the {max_drop:.3f} limit"
+    p_text = "p<0.001" if comparison.p_value < 0.001 else f"p={comparison.p_value:.2g}"
+    return Check(
+        name=name, title=title, status=status,
+        message=(f"{comparison.mean_a:.3f} -> {comparison.mean_b:.3f} (delta {comparison.delta:+.3f}, "
+                 f"{100 * (1 - settings.alpha):g}% CI [{comparison.ci_low:+.3f}, {comparison.ci_high:+.3f}], "
+                 f"{comparison.method} {p_text}, {comparison.losses} worse / {comparison.wins} better of "
+                 f"{comparison.n}): {why}"),
+        baseline=comparison.mean_a, candidate=comparison.mean_b,
+        limit=f"drop <= {max_drop:.3f} unless noise (alpha {settings.alpha:g})",
+        delta=comparison.delta, ci_low=comparison.ci_low, ci_high=comparison.ci_high,
+        p_value=comparison.p_value,
+        test=comparison.method, n=comparison.n,
+    )
+
+
+def _require_comparable(baseline: dict, candidate: dict) -> None:
+    """Raise CannotCompareError unless both records score the same examples of one eval set on one base."""
+    if candidate.get("status") != "complete":
+        raise CannotCompareError(f"candidate results status is {candidate.get('status')!r}, not complete")
+    _require_same("eval set hash", baseline["eval_set"]["hash"], candidate["eval_set"]["hash"],
+                  f"eval set {baseline['eval_set']['name']!r}")
+    for key in ("hash", "quantized", "compute_dtype"):
+        _require_same(f"base model {key}", baseline["model"][key], candidate["model"][key],
+                      f"baseline model {baseline['model']['id']!r}")
+    for key in sorted(set(baseline["tokenizer"]) & set(candidate["tokenizer"])):
+        _require_same(f"tokenizer {key}", baseline["tokenizer"][key], candidate["tokenizer"][key], "")
+    stage = candidate["stages"][candidate["final"]["stage"]]
+    _require_same("held-out example count", len(baseline["heldout"]["per_example"]),
+                  len(stage["heldout"]["per_example"]), "")
+    for task, base_task in baseline["regression"].items():
+        if task not in stage["regression"]:
+            raise CannotCompareError(
+                f"the baseline gates regression task {task!r} but the candidate has no score for it "
+                "(run_regression=false, or the task is missing from eval.regression?)")
+        cand_task = stage["regression"][task]
+        _require_same(f"regression {task} example count", len(base_task["per_example"]),
+                      len(cand_task["per_example"]), "check the task's limit")
+        for key in ("task_version", "metric"):
+            if key in base_task and key in cand_task:
+                _require_same(f"regression {task} {key}", base_task[key], cand_task[key], "")
+
+
+def _require_same(what: str, baseline_value, candidate_value, hint: str) -> None:
+    if baseline_value != candidate_value:
+        raise CannotCompareError(f"{what} differs: baseline {baseline_value}, candidate {candidate_value}"
+                                 + (f" ({hint})" if hint else ""))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reports
+
+
+def write_reports(report: GateReport, out_dir: Path, candidate_record: dict | None = None) -> None:
+    """junit.xml, summary.md, gate.json (and candidate_results.json), each written atomically."""
+    if candidate_record is not None:
+        write_json_atomic(out_dir / "candidate_results.json", candidate_record)
+    write_text_atomic(out_dir / "junit.xml", junit_xml(report))
+    write_text_atomic(out_dir / "summary.md", markdown_summary(report))
+    write_json_atomic(out_dir / "gate.json", {**asdict(report), "exit_code": report.exit_code})
+
+
+def junit_xml(report: GateReport) -> str:
+    """One testcase per check; a failed check is a <failure>, a report that cannot compare one <error>."""
+    suite = ET.Element("testsuite", name="harness.gate", timestamp=datetime.now(timezone.utc).isoformat())
+    if report.verdict == "cannot_compare":
+        case = ET.SubElement(suite, "testcase", classname="harness.gate", name="comparable")
+        ET.SubElement(case, "error", message=report.reason, type="cannot_compare").text = report.reason
+    for check_ in report.checks:
+        case = ET.SubElement(suite, "testcase", classname="harness.gate", name=check_.name)
+        if check_.status == "fail":
+            ET.SubElement(case, "failure", message=check_.message, type="regression").text = check_.message
+        else:
+            ET.SubElement(case, "system-out").text = f"{check_.status}: {check_.message}"
+    cases = suite.findall("testcase")
+    suite.set("tests", str(len(cases)))
+    suite.set("failures", str(sum(c.find("failure") is not None for c in cases)))
+    suite.set("errors", str(sum(c.find("error") is not None for c in cases)))
+    suite.set("skipped", "0")
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def markdown_summary(report: GateReport) -> str:
+    icon = {"pass": "✅", "fail": "❌", "cannot_compare": "⚠️"}[report.verdict]
+    lines = [f"## {icon} Regression gate: {report.reason}", ""]
+    if report.verdict == "cannot_compare":
+        lines += ["The candidate was not compared with the baseline; nothing was judged.", ""]
+        return "\n".join(lines)
+    eval_set, model = report.eval_set, report.model
+    lines += [
+        f"Eval set `{eval_set['name']}` (hash `{eval_set['hash']}`, n={eval_set['n']}), base `{model['id']}` "
+        f"(hash `{model['hash']}`, {'NF4' if model['quantized'] else 'unquantized'}, "
+        f"{model['compute_dtype']}).",
+        f"Candidate adapter `{report.candidate['adapter_hash'][:12]}`: "
+        f"{_md(report.candidate.get('results', ''))}. "
+        f"Baseline adapter `{report.baseline['adapter_hash'][:12]}` from "
+        f"`{_md(report.baseline['created_from'])}` ({report.baseline['created_at']}).",
+        "",
+        "| check | baseline | candidate | delta | interval | limit | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in report.checks:
+        delta = "" if c.delta is None else f"{c.delta:+.3f}"
+        interval = "" if c.ci_low is None else f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}]"
+        if c.name == "heldout_min_score" and c.ci_low is not None:
+            interval = f"[{c.ci_low:.3f}, {c.ci_high:.3f}] (score)"
+        p_text = "" if c.p_value is None else f" (p={c.p_value:.2g})"
+        result = {"pass": "✅ pass", "warn": "⚠️ pass, noisy drop", "fail": "❌ FAIL"}[c.status] + p_text
+        lines.append(f"| {_md(c.title)} | {c.baseline:.3f} | {c.candidate:.3f} | {delta} | {interval} | "
+                     f"{_md(c.limit)} | {result} |")
+    lines += ["", f"Paired tests on the same examples (McNemar for 0/1 scores, paired bootstrap otherwise), "
+                  f"alpha {report.settings['alpha']:g} per check; a held-out drop fails only beyond "
+                  f"{report.settings['min_effect']:.3f} and a regression drop only beyond its limit."]
+    lines += [f"- {_md(note)}" for note in report.notes]
+    if report.worse_examples:
+        shown = report.worse_examples[:MAX_WORSE_EXAMPLES_SHOWN]
+        lines += ["", "<details><summary>Held-out examples the candidate got worse on: "
+                      f"{len(report.worse_examples)} (first {len(shown)})</summary>", "",
+                  "| example | baseline output (score) | candidate output (score) |", "|---|---|---|"]
+        for row in shown:
+            lines.append(f"| {_md(row['source'])} | {_md(row['baseline_output'])} ({row['baseline_score']:g})"
+                         f" | {_md(row['candidate_output'])} ({row['candidate_score']:g}) |")
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str, max_chars: int = 200) -> str:
+    """Untrusted text as inert Markdown table-cell text: HTML-escaped, no pipes, backticks or newlines."""
+    text = text if len(text) <= max_chars else text[:max_chars] + "…"
+    text = html.escape(text).replace("|", "&#124;").replace("`", "&#96;")
+    return text.replace("\r", "").replace("\n", " ⏎ ")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.gate", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("baseline", help="write the committed baseline from a finished run's results")
+    make.add_argument("--from", dest="source", required=True, type=Path, help="run/trial dir or results.json")
+    make.add_argument("--out", type=Path, default=Path("reports/baseline.json"))
+    gate = commands.add_parser("check", help="gate a candidate adapter against the baseline (exit 0/1/2)")
+    gate.add_argument("--baseline", type=Path, default=Path("reports/baseline.json"))
+    gate.add_argument("--alpha", type=float, default=GateSettings.alpha, help="significance level per check")
+    gate.add_argument("--min-effect", type=float, default=GateSettings.min_effect,
+                      help="held-out drops up to this size never fail (absolute, 0..1)")
+    evaluate = commands.add_parser("evaluate", help="evaluate an adapter and write its results record")
+    for sub, default_out in ((gate, "reports/gate"), (evaluate, None)):
+        sub.add_argument("--candidate", required=True, type=Path, help="adapter dir, or a run/trial dir")
+        sub.add_argument("--out", type=Path, default=Path(default_out) if default_out else None,
+                         required=default_out is None, help="output directory")
+        sub.add_argument("--reevaluate", action="store_true", help="evaluate even if results.json matches")
+        sub.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=tiny eval.max_examples=8")
+    args = parser.parse_args(argv)
+
+    if args.command == "baseline":
+        return _baseline_command(args.source, args.out)
+    try:
+        settings = GateSettings(args.alpha, args.min_effect) if args.command == "check" else None
+        cfg = _compose(args.overrides)
+        if args.command == "evaluate":
+            record, how = candidate_results(cfg, args.candidate, args.reevaluate)
+            write_json_atomic(args.out / "candidate_results.json", record)
+            print(f"{how}: held-out {record['final']['heldout']['score']:.3f} "
+                  f"-> {args.out / 'candidate_results.json'}")
+            return 0
+        report, record = check(cfg, args.candidate, args.baseline, settings, args.reevaluate)
+    except _input_errors() as err:
+        report = GateReport(verdict="cannot_compare", reason=f"CANNOT COMPARE: {_one_line(err)}")
+        record = None
+        if args.command == "evaluate":
+            print(report.reason)
+            return 2
+    print(report.reason)
+    if report.candidate:
+        print(f"candidate {report.candidate['path']}: {report.candidate['results']}")
+    for c in report.checks:
+        print(f"  {c.status.upper():<5} {c.name}: {c.message}")
+    write_reports(report, args.out, record)
+    print(f"reports: {args.out}/summary.md, junit.xml, gate.json")
+    return report.exit_code
+
+
+def _baseline_command(source: Path, out: Path) -> int:
+    try:
+        results_path = results_path_of(source)
+        baseline = make_baseline(_read_json(results_path), str(results_path))
+    except CannotCompareError as err:
+        print(f"CANNOT WRITE BASELINE: {_one_line(err)}")
+        return 2
+    write_json_atomic(out, baseline)
+    print(f"baseline {out}: eval set {baseline['eval_set']['name']} ({baseline['eval_set']['hash']}), "
+          f"held-out {baseline['heldout']['score']:.3f} (n={baseline['heldout']['n']}), min_score "
+          f"{baseline['min_score']}, regression tasks: {', '.join(baseline['regression']) or 'none'}")
+    return 0
+
+
+def _compose(overrides: list[str]) -> RunConfig:
+    from hydra import compose, initialize_config_dir
+
+    from harness.config import register_configs, to_run_config
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base=None):
+        return to_run_config(compose("config", overrides=overrides))
+
+
+def _config_container(cfg: RunConfig) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CannotCompareError(f"{path} not found") from None
+    except json.JSONDecodeError as err:
+        raise CannotCompareError(f"{path}: not valid JSON ({err})") from None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from harness.data import DataError
+    from harness.evaluate import AdapterInactiveError
+
+    # ValueError: config rules (__post_init__, validate), GateSettings; DataError: eval set missing/changed.
+    return (CannotCompareError, DataError, AdapterInactiveError, FileNotFoundError, ValueError,
+            HydraException, OmegaConfBaseException)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

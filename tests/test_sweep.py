@@ -1,0 +1,142 @@
+"""Sweeps on the tiny model: artifacts, resume after a kill, failure isolation, pruning, parallel workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from harness.artifacts import REPO_ROOT
+from harness.sweep import run_sweep
+from tests.conftest import TINY_OVERRIDES, make_config
+
+SWEEP_OVERRIDES = [*TINY_OVERRIDES, "sweep.tracking=none"]
+
+
+def _trials(sweep_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("trials/*/trial.json"))]
+
+
+def _cli(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_three_trial_sweep_completes_with_artifacts(tmp_path, monkeypatch):
+    monkeypatch.setattr("harness.baselines.cache_root", lambda: tmp_path / "cache")
+    cfg = make_config([*SWEEP_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}", "sweep.tracking=mlflow"])
+    summary = run_sweep(cfg)
+
+    sweep_dir = tmp_path / "rank"
+    assert summary.n_complete == 3 and summary.n_failed == 0
+    trials = _trials(sweep_dir)
+    assert sorted(t["params"]["lora_r"] for t in trials) == [1, 4, 16]
+    for trial in trials:
+        trial_dir = sweep_dir / "trials" / f"{trial['number']:03d}"
+        for name in ("config.yaml", "results.json", "loss.jsonl", "samples_sft.jsonl", "adapter/adapter_model.safetensors"):
+            assert (trial_dir / name).exists(), name
+        results = json.loads((trial_dir / "results.json").read_text())
+        assert results["adapter"]["r"] == trial["params"]["lora_r"]
+        assert trial["state"] == "COMPLETE" and trial["command"].startswith("python -m harness")
+    best = json.loads((sweep_dir / "best.json").read_text())
+    assert (sweep_dir / "best" / "adapter" / "adapter_config.json").exists()
+    assert best["number"] in {t["number"] for t in trials}
+    assert "lora_r" in (sweep_dir / "trials.csv").read_text()
+    # Baselines once per sweep: the first trial computes them, the others read the cache.
+    cached = [json.loads((sweep_dir / f"trials/{n:03d}/results.json").read_text())["baselines"]["cached"]
+              for n in range(3)]
+    assert cached == [False, True, True]
+    # MLflow: a parent run for the sweep and a child run per trial, with the loss curve.
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["harness-rank"])
+    assert len(runs) == 4 and (runs["metrics.loss"].notna().sum() == 3)
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # lora.r = 0 is rejected when the trial's config is built: that trial fails, the others complete.
+    cfg = make_config([*SWEEP_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}", "sweep.space.lora_r=[0,2]"])
+    summary = run_sweep(cfg)
+    trials = {t["params"]["lora_r"]: t for t in _trials(tmp_path / "rank")}
+    assert trials[0]["state"] == "FAIL" and "lora.r=0 must be > 0" in trials[0]["fail_reason"]
+    assert trials[2]["state"] == "COMPLETE"
+    assert summary.n_failed == 1 and "lora.r=0" in summary.failures[0]
+    study = optuna.load_study(study_name="rank", storage=f"sqlite:///{tmp_path / 'rank' / 'study.db'}")
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed[0].user_attrs["fail_reason"].startswith("ValueError")
+
+
+def test_pruner_stops_a_trial_with_a_bad_intermediate_score(tmp_path):
+    # The random tiny model scores 0 on the held-out subset; a threshold pruner at 0.5 must stop it early.
+    cfg = make_config([
+        *SWEEP_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}", "sweep.space.lora_r=[2]",
+        "sweep.pruner=threshold", "sweep.prune_threshold=0.5", "sweep.prune_every_steps=2",
+        "sweep.prune_eval_examples=2", "train.sft.max_steps=6",
+    ])
+    summary = run_sweep(cfg)
+    (trial,) = _trials(tmp_path / "rank")
+    assert summary.n_pruned == 1 and trial["state"] == "PRUNED"
+    assert trial["intermediate"] == [{"step": 2, "score": 0.0}]
+    loss_rows = (tmp_path / "rank" / "trials" / "000" / "loss.jsonl").read_text().splitlines()
+    assert len(loss_rows) >= 1, "a pruned trial keeps what it measured (its loss curve up to the prune)"
+
+
+def test_sqlite_with_two_workers_is_refused(tmp_path):
+    cfg = make_config([*SWEEP_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}", "sweep.workers=2"])
+    with pytest.raises(ValueError, match="SQLite is for one worker"):
+        run_sweep(cfg)
+    assert not (tmp_path / "rank").exists()
+
+
+def test_kill_during_a_trial_then_rerun_completes_without_repeating(tmp_path):
+    args = [*SWEEP_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}", "train.sft.max_steps=25"]
+    sweep_dir = tmp_path / "rank"
+    first = _cli(args, start_new_session=True)
+    deadline = time.time() + 240
+    # Kill the worker while its second trial is training (the first one has completed).
+    while time.time() < deadline:
+        trials = _trials(sweep_dir)
+        if any(t["state"] == "COMPLETE" for t in trials) and any(t["state"] == "RUNNING" for t in trials):
+            break
+        time.sleep(0.5)
+    else:
+        first.kill()
+        pytest.fail(f"the sweep never reached its second trial: {first.communicate()[0][-3000:]}")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    completed_before = {t["number"] for t in _trials(sweep_dir) if t["state"] == "COMPLETE"}
+
+    second = _cli(args)
+    output = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, output[-3000:]
+    trials = _trials(sweep_dir)
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    assert sorted(t["params"]["lora_r"] for t in complete) == [1, 4, 16], "each configuration completes once"
+    assert completed_before <= {t["number"] for t in complete}, "finished trials are not re-run"
+    died = [t for t in trials if t["state"] == "FAIL"]
+    assert len(died) == 1 and "died" in died[0]["fail_reason"]
+    retry = [t for t in trials if t["retry_of"] is not None]
+    assert len(retry) == 1 and retry[0]["retry_of"] == died[0]["number"] and retry[0]["state"] == "COMPLETE"
+
+
+def test_two_workers_on_a_journal_file_split_the_trials(tmp_path):
+    journal = tmp_path / "study.log"
+    args = [*SWEEP_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}", f"sweep.storage=journal://{journal}",
+            "sweep.workers=2", "sweep.space.lora_r=[1,2,4,8]", "sweep.n_trials=4", "train.sft.max_steps=6"]
+    workers = [_cli(args) for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), [o[-2000:] for o in outputs]
+    trials = _trials(tmp_path / "rank")
+    ranks = [t["params"]["lora_r"] for t in trials]
+    assert sorted(ranks) == [1, 2, 4, 8], "every configuration ran exactly once"
+    assert all(t["state"] == "COMPLETE" for t in trials)
+    assert len({t["pid"] for t in trials}) == 2, "both workers took trials"
