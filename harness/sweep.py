@@ -101,6 +101,11 @@ def run_sweep(cfg: RunConfig) -> SweepSummary:
                 if _done(study, n_trials):
                     break
                 trial = study.ask()
+            if sweep.sampler == "grid" and "fixed_params" not in study._storage.get_trial_system_attrs(trial._trial_id):
+                # Another machine popped the last queued configuration between our check and our ask.
+                study._storage.set_trial_user_attr(trial._trial_id, "surplus", True)
+                study.tell(trial, state=TrialState.FAIL)
+                break
             progress.n = _counted(study)
             progress.refresh()
             _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker)
@@ -194,6 +199,7 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
         "number": trial.number, "state": "RUNNING", "params": params, "fail_reason": None, "intermediate": [],
         "values": None, "feasible": None, "duration_s": None, "started_at": _now(), "finished_at": None,
         "retry_of": retry_of, "command": trial_command(params), "host": socket.gethostname(), "pid": os.getpid(),
+        "trial_dir": str(trial_dir),
     }
     write_json_atomic(trial_dir / "trial.json", record)
     started = time.perf_counter()
@@ -272,12 +278,20 @@ def make_storage(storage_url: str, sweep: SweepConfig):
         return JournalStorage(JournalFileBackend(str(path)))
     if storage_url.startswith("sqlite:///"):
         Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(
-        storage_url,
-        heartbeat_interval=sweep.heartbeat_interval,
-        grace_period=sweep.grace_period,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-    )
+    import sqlalchemy.exc
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                storage_url,
+                heartbeat_interval=sweep.heartbeat_interval,
+                grace_period=sweep.grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+        except sqlalchemy.exc.IntegrityError:
+            # Workers starting together race to create the schema on a fresh database; the loser retries.
+            time.sleep(0.5 * (attempt + 1))
+    raise RuntimeError(f"could not initialise the Optuna storage at {storage_url}")
 
 
 def _make_sampler(sweep: SweepConfig, space: dict[str, list]):
@@ -338,7 +352,7 @@ def _counted(study) -> int:
         1
         for t in study.get_trials(deepcopy=False)
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        or (t.state == TrialState.FAIL and not t.user_attrs.get("retried"))
+        or (t.state == TrialState.FAIL and not t.user_attrs.get("retried") and not t.user_attrs.get("surplus"))
     )
 
 
@@ -480,13 +494,18 @@ def _finish(cfg, study, sweep_dir, storage_url, space, eval_set_hash, n_trials, 
 
 
 def _best_trial(records: list[dict], sweep_dir: Path) -> dict | None:
-    """The highest held-out score among complete trials that respect every regression limit (else among all)."""
-    complete = [r for r in records if r["state"] == "COMPLETE" and r["values"]]
+    """The highest held-out score among complete trials that respect every regression limit (else among all).
+
+    Only trials whose artifacts are on this machine are candidates for the `best` pointer; with workers on
+    several machines, each machine's summary covers the trials it ran (the study holds them all).
+    """
+    complete = [r for r in records if r["state"] == "COMPLETE" and r["values"]
+                and (Path(r.get("trial_dir", "")) / "results.json").is_file()]
     feasible = [r for r in complete if r.get("feasible")] or complete
     if not feasible:
         return None
     best = max(feasible, key=lambda r: (r["values"][0], -r["number"]))
-    trial_dir = sweep_dir / "trials" / f"{best['number']:03d}"
+    trial_dir = Path(best["trial_dir"])
     return {"number": best["number"], "trial_dir": str(trial_dir), "adapter": str(trial_dir / "adapter"),
             "params": best["params"], "score": best["values"][0], "feasible": best.get("feasible")}
 
