@@ -1,4 +1,4 @@
-# make run   — set up (venv, dependencies, embedded model) and run the main job on the embedded default, offline
+# make run   — set up (venv, dependencies, embedded model) and run the main job (the default sweep), offline
 # make test  — set up and run the test suite
 # Both are idempotent: set-up is skipped when .venv is up to date with pyproject.toml.
 
@@ -8,7 +8,7 @@ STAMP       := $(VENV)/.harness-installed
 # The CPU build of torch (on disk on our machines). On a GPU machine: make TORCH_SPEC='torch>=2.4' run
 TORCH_SPEC  ?= torch==2.13.0
 OFFLINE     := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-RUN_ARGS    ?=
+RUN_ARGS    ?= +sweep=rank
 
 .PHONY: setup run test test-fast clean
 
