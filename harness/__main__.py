@@ -30,8 +30,10 @@ def main(cfg: DictConfig) -> None:
         if run_config.sweep is not None:
             from harness.sweep import run_sweep
 
-            run_sweep(run_config)
+            summary = run_sweep(run_config)
             shutil.rmtree(run_dir, ignore_errors=True)  # a sweep writes under sweeps/<name>/, not here
+            if summary.n_complete == 0:
+                sys.exit(1)  # every trial failed or was pruned: nothing to ship
             return
         from harness.run import prepare_inputs, run_experiment, summary_table
 

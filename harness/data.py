@@ -185,3 +185,124 @@ def render_loss_sample(tokenizer, example: TokenizedExample) -> str:
         decoded = tokenizer.decode([token_id for token_id, _ in run])
         pieces.append(f"{LOSS_OPEN}{decoded}{LOSS_CLOSE}" if carries_loss else decoded)
     return "".join(pieces)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Preference data (DPO)
+#
+#     preference = load_preference_data(cfg.data)       # DataError naming file:line on bad rows
+#     check_chat_template(tokenizer, preference.conversations())
+#
+# A row is {"prompt", "chosen", "rejected"}: either message lists (the prompt ends with a user turn; chosen and
+# rejected are one assistant turn each) or plain strings, which trl uses verbatim (no chat template, EOS appended).
+# One file uses one format.
+
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class PreferencePair:
+    prompt: list[dict] | str
+    chosen: list[dict] | str
+    rejected: list[dict] | str
+    source: str  # "file:line", for error messages
+
+    @property
+    def conversational(self) -> bool:
+        return isinstance(self.prompt, list)
+
+    @property
+    def prompt_messages(self) -> list[dict]:
+        return self.prompt if isinstance(self.prompt, list) else [{"role": "user", "content": self.prompt}]
+
+    def conversations(self) -> list[Conversation]:
+        """prompt + chosen and prompt + rejected; a plain-string row as one user and one assistant turn."""
+        return [
+            Conversation(self.prompt_messages + _answer_messages(answer), self.source)
+            for answer in (self.chosen, self.rejected)
+        ]
+
+
+@dataclass
+class PreferenceData:
+    pairs: list[PreferencePair]
+    path: str
+    rows_read: int
+    duplicates_removed: int
+
+    def conversations(self) -> list[Conversation]:
+        return [conversation for pair in self.pairs for conversation in pair.conversations()]
+
+
+def load_preference_data(data: DataConfig) -> PreferenceData:
+    if not data.preference_file:
+        raise DataError("data.preference_file is not set: DPO needs rows of {prompt, chosen, rejected}")
+    rows = read_jsonl(data.preference_file)
+    pairs, seen, duplicates = [], set(), 0
+    first: PreferencePair | None = None
+    for where, row in rows:
+        pair = _preference_pair(row, where)
+        if first is None:
+            first = pair
+        elif pair.conversational != first.conversational:
+            formats = {True: "message lists", False: "plain strings"}
+            raise DataError(
+                f"{where}: this row uses {formats[pair.conversational]} but {first.source} uses "
+                f"{formats[first.conversational]}; one preference file must use one format"
+            )
+        key = json.dumps([pair.prompt, pair.chosen, pair.rejected], sort_keys=True)
+        if data.dedupe and key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        pairs.append(pair)
+    if data.max_preference_examples is not None:
+        pairs = pairs[: data.max_preference_examples]
+    return PreferenceData(pairs, str(data.preference_file), len(rows), duplicates)
+
+
+def _preference_pair(row: dict, where: str) -> PreferencePair:
+    for key in PREFERENCE_FIELDS:
+        if key not in row:
+            raise DataError(f"{where}: missing field {key!r} (found keys: {sorted(row)})")
+    kinds = {key: type(row[key]).__name__ for key in PREFERENCE_FIELDS}
+    if all(isinstance(row[key], str) for key in PREFERENCE_FIELDS):
+        prompt, chosen, rejected = (row[key] for key in PREFERENCE_FIELDS)
+        for key in PREFERENCE_FIELDS:
+            if not row[key].strip():
+                raise DataError(f"{where}: {key!r} is empty")
+    elif all(isinstance(row[key], list) for key in PREFERENCE_FIELDS):
+        prompt = validate_messages(row["prompt"], where, "prompt", need_assistant=False)
+        if prompt[-1]["role"] != "user":
+            raise DataError(
+                f"{where}: 'prompt' ends with a turn by {prompt[-1]['role']!r}; it must end with the user turn that "
+                "'chosen' and 'rejected' answer (one prompt per row, the answers go in 'chosen'/'rejected')"
+            )
+        if not prompt[-1]["content"].strip():
+            raise DataError(f"{where}: the last user turn of 'prompt' is empty")
+        chosen, rejected = (_single_assistant_turn(row[key], where, key) for key in ("chosen", "rejected"))
+    else:
+        raise DataError(
+            f"{where}: 'prompt', 'chosen' and 'rejected' must all be message lists or all be strings, got {kinds}"
+        )
+    if _answer_text(chosen).strip() == _answer_text(rejected).strip():
+        raise DataError(f"{where}: 'chosen' and 'rejected' are identical, so the pair expresses no preference")
+    return PreferencePair(prompt, chosen, rejected, where)
+
+
+def _single_assistant_turn(messages, where: str, key: str) -> list[dict]:
+    messages = validate_messages(messages, where, key)
+    roles = [message["role"] for message in messages]
+    if roles != ["assistant"]:
+        raise DataError(f"{where}: {key!r} must be a single assistant turn, got roles {roles}")
+    if not messages[0]["content"].strip():
+        raise DataError(f"{where}: {key!r} is empty")
+    return messages
+
+
+def _answer_text(answer: list[dict] | str) -> str:
+    return answer if isinstance(answer, str) else answer[0]["content"]
+
+
+def _answer_messages(answer: list[dict] | str) -> list[dict]:
+    return answer if isinstance(answer, list) else [{"role": "assistant", "content": answer}]

@@ -4,8 +4,9 @@
 
 Every input is validated before anything is written to `run_dir` (bad data raises `DataError` naming the file
 and line). The run directory then holds: `config.yaml` (resolved), `chat_template_sample.txt`, `loss.jsonl`,
-`adapter/` (PEFT safetensors), `samples_<stage>.jsonl`, `metrics.json` and, written last, `results.json`. A
-directory without `results.json` is an unfinished run.
+`adapter/` (PEFT safetensors), `adapter_sft/` (SFT then DPO: the SFT adapter, DPO's reference),
+`samples_<stage>.jsonl`, `metrics.json` and, written last, `results.json`. A directory without `results.json` is an
+unfinished run.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from harness.data import (
     SFTData,
     TokenizedExample,
     check_chat_template,
+    load_preference_data,
     load_sft_data,
     render_loss_sample,
     tokenize_sft,
@@ -39,6 +41,7 @@ from harness.evalset import verify_frozen
 from harness.evaluate import HeldoutExample, check_adapter_active, evaluate_heldout, load_heldout
 from harness.leakage import LeakageReport, check_leakage
 from harness.model import BaseModel, adapter_hash, attach_lora, load_base_model, load_tokenizer, resolve_device
+from harness.dpo import train_dpo
 from harness.train import StageResult, peak_memory_mb, train_sft
 
 log = logging.getLogger(__name__)
@@ -66,20 +69,33 @@ def prepare_inputs(cfg: RunConfig) -> PreparedInputs:
 
     # 2. Training data, validated row by row (errors name file:line).
     sft = load_sft_data(cfg.data) if "sft" in cfg.train.stages else None
+    preference = load_preference_data(cfg.data) if "dpo" in cfg.train.stages else None
     tokenizer = load_tokenizer(cfg.model)
 
     # 3. Chat template and leakage checks, before any model weight is loaded.
     conversations = sft.conversations if sft else []
     check_chat_template(tokenizer, conversations)
+    if preference:
+        check_chat_template(tokenizer, preference.conversations())
     sft_examples = tokenize_sft(tokenizer, conversations, cfg.train.sft.max_length) if sft else []
     sample = render_loss_sample(tokenizer, sft_examples[0]) if sft_examples else ""
     train_prompts = [(c.source, _prompt_text(c.messages)) for c in conversations]
+    train_prompts += [(p.source, _prompt_text(p.prompt_messages)) for p in (preference.pairs if preference else [])]
     heldout_prompts = [(e.source, _prompt_text(e.messages)) for e in heldout]
     leakage = check_leakage(train_prompts, heldout_prompts, cfg.eval.leakage)
-    return PreparedInputs(eval_set_hash, heldout, sft, sft_examples, leakage, sample, tokenizer)
+    extras = {}
+    if preference:
+        extras["preference"] = preference
+        extras["data"] = {"preference_file": preference.path, "preference_rows": preference.rows_read,
+                          "preference_pairs": len(preference.pairs),
+                          "preference_duplicates_removed": preference.duplicates_removed}
+    return PreparedInputs(eval_set_hash, heldout, sft, sft_examples, leakage, sample, tokenizer, extras)
 
 
-def run_experiment(cfg: RunConfig, run_dir: Path, inputs: PreparedInputs | None = None, callbacks=None) -> dict:
+def run_experiment(
+    cfg: RunConfig, run_dir: Path, inputs: PreparedInputs | None = None, callbacks=None, progress: bool = True
+) -> dict:
+    """Train and score one configuration; `progress=False` silences per-step output (sweeps print one line)."""
     started = time.perf_counter()
     inputs = inputs or prepare_inputs(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -105,10 +121,27 @@ def run_experiment(cfg: RunConfig, run_dir: Path, inputs: PreparedInputs | None 
         sft_result = train_sft(
             model, base.tokenizer, inputs.sft_examples, cfg.train.sft, run_dir,
             seed=cfg.seed, device=device, compute_dtype=base.compute_dtype,
-            gradient_checkpointing=gradient_checkpointing, callbacks=callbacks,
+            gradient_checkpointing=gradient_checkpointing, callbacks=callbacks, progress=progress,
         )
         loss_log += sft_result.loss_log
         stages["sft"] = _score_stage(model, base, cfg, inputs.heldout, sft_result, run_dir)
+    if "dpo" in cfg.train.stages:
+        # The reference is the policy DPO starts from: after SFT the SFT adapter (saved, and loaded again frozen),
+        # otherwise the base model.
+        reference_adapter = _save_adapter(model, run_dir, "adapter_sft") if "sft" in cfg.train.stages else None
+        dpo_result = train_dpo(
+            model, base.tokenizer, inputs.extras["preference"].pairs, cfg.train.dpo, run_dir,
+            seed=cfg.seed, device=device, compute_dtype=base.compute_dtype,
+            gradient_checkpointing=gradient_checkpointing, reference_adapter=reference_adapter,
+            previous_loss_log=loss_log, callbacks=callbacks, progress=progress,
+        )
+        loss_log += dpo_result.loss_log
+        stages["dpo"] = _score_stage(model, base, cfg, inputs.heldout, dpo_result, run_dir)
+        stages["dpo"]["reference"] = {
+            "policy": "sft" if reference_adapter else "base",
+            "adapter": str(reference_adapter) if reference_adapter else None,
+            "adapter_hash": adapter_hash(reference_adapter) if reference_adapter else None,
+        }
 
     # 6. Prove the adapter is active, save it, write the results record last.
     canary = check_adapter_active(model, base.tokenizer, inputs.heldout[: cfg.eval.canary_examples])
@@ -139,10 +172,10 @@ def _score_stage(model, base: BaseModel, cfg: RunConfig, heldout, stage_result: 
     return {"train": train, "heldout": heldout_result.to_dict(), "regression": regression}
 
 
-def _save_adapter(model, run_dir: Path) -> Path:
+def _save_adapter(model, run_dir: Path, name: str = "adapter") -> Path:
     """PEFT format (adapter_config.json + adapter_model.safetensors), loadable by PeftModel and vLLM."""
-    final = run_dir / "adapter"
-    staging = run_dir / ".adapter.tmp"
+    final = run_dir / name
+    staging = run_dir / f".{name}.tmp"
     model.save_pretrained(staging, safe_serialization=True)
     replace_dir_atomic(staging, final)
     return final
