@@ -1,6 +1,6 @@
 """harness: an evaluation-driven experiment harness for LoRA/QLoRA fine-tuning.
 
-Pipeline stages, one module each: config -> evalset -> data -> model -> train (SFT, DPO) -> evaluate
+Pipeline stages, one module each: config -> evalset -> data -> model -> train (SFT) -> dpo -> evaluate
 (held-out graders, lm-eval regression) -> run (one trial) -> sweep (Optuna) -> report -> gate.
 """
 
