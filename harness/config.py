@@ -158,7 +158,7 @@ class EvalConfig:
 class SFTStageConfig:
     """Supervised fine-tuning (trl SFTTrainer), loss on assistant tokens only."""
 
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-3  # small models want a larger LoRA step than 7B recipes (2e-4)
     max_steps: int = 40  # optimizer steps; > 0 overrides epochs
     epochs: float = 1.0
     batch_size: int = 8
