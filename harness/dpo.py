@@ -33,7 +33,7 @@ from transformers import PrinterCallback, TrainerCallback
 
 from harness.config import DPOStageConfig
 from harness.data import PREFERENCE_FIELDS, PreferencePair
-from harness.train import LossLogger, StageResult, _run_stage
+from harness.train import LossLogger, StageResult, _run_stage, trainer_arguments
 
 log = logging.getLogger(__name__)
 
@@ -65,32 +65,13 @@ def train_dpo(
     dataset = Dataset.from_dict({key: [getattr(pair, key) for pair in pairs] for key in PREFERENCE_FIELDS})
     args = DPOConfig(
         output_dir=str(run_dir / "trainer_dpo"),
-        learning_rate=stage.learning_rate,
-        max_steps=stage.max_steps if stage.max_steps > 0 else -1,
-        num_train_epochs=stage.epochs,
-        per_device_train_batch_size=stage.batch_size,
-        gradient_accumulation_steps=stage.grad_accum,
-        warmup_steps=stage.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
-        lr_scheduler_type=stage.scheduler,
         beta=stage.beta,
         loss_type=[stage.loss_type],
         label_smoothing=stage.label_smoothing,
         precompute_ref_log_probs=stage.precompute_ref_log_probs,
         max_length=stage.max_length,
-        logging_steps=stage.logging_steps,
-        seed=seed,
-        data_seed=seed,
-        # trl defaults to bf16 and gradient checkpointing; both are wrong for CPU, so set them explicitly.
-        bf16=compute_dtype == torch.bfloat16,
-        fp16=compute_dtype == torch.float16,
-        gradient_checkpointing=gradient_checkpointing,
-        use_cpu=device == "cpu",
         disable_dropout=True,  # with dropout the policy and its reference copy would differ at step 0
-        save_strategy="no",
-        report_to=[],
-        include_num_input_tokens_seen="non_padding",  # chosen and rejected sequences, prompt included in each
-        dataloader_num_workers=0,
-        disable_tqdm=not progress,
+        **trainer_arguments(stage, seed, device, compute_dtype, gradient_checkpointing, progress),
     )
     loss_logger = LossLogger(run_dir / "loss.jsonl", "dpo", previous_loss_log)
     trainer_class = _plain_head_dpo_trainer() if device == "cpu" and _plain_head_fits(model) else DPOTrainer

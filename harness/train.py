@@ -85,28 +85,9 @@ def train_sft(
     )
     args = SFTConfig(
         output_dir=str(run_dir / "trainer_sft"),
-        learning_rate=stage.learning_rate,
-        max_steps=stage.max_steps if stage.max_steps > 0 else -1,
-        num_train_epochs=stage.epochs,
-        per_device_train_batch_size=stage.batch_size,
-        gradient_accumulation_steps=stage.grad_accum,
-        warmup_steps=stage.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
-        lr_scheduler_type=stage.scheduler,
         weight_decay=stage.weight_decay,
         max_length=stage.max_length,
-        logging_steps=stage.logging_steps,
-        seed=seed,
-        data_seed=seed,
-        # trl defaults to bf16 and gradient checkpointing; both are wrong for CPU, so set them explicitly.
-        bf16=compute_dtype == torch.bfloat16,
-        fp16=compute_dtype == torch.float16,
-        gradient_checkpointing=gradient_checkpointing,
-        use_cpu=device == "cpu",
-        save_strategy="no",
-        report_to=[],
-        include_num_input_tokens_seen="non_padding",
-        dataloader_num_workers=0,
-        disable_tqdm=not progress,
+        **trainer_arguments(stage, seed, device, compute_dtype, gradient_checkpointing, progress),
     )
     loss_logger = LossLogger(run_dir / "loss.jsonl", "sft", previous_loss_log)
     trainer_class = _model_loss_sft_trainer() if device == "cpu" else SFTTrainer
@@ -122,6 +103,33 @@ def train_sft(
     result = _run_stage(trainer, "sft", loss_logger, device)
     shutil.rmtree(args.output_dir, ignore_errors=True)  # nothing is saved there (save_strategy="no")
     return result
+
+
+def trainer_arguments(stage, seed: int, device: str, compute_dtype: torch.dtype, gradient_checkpointing: bool,
+                      progress: bool) -> dict:
+    """TrainingArguments shared by the SFT and DPO stages (stage: SFTStageConfig or DPOStageConfig)."""
+    return dict(
+        learning_rate=stage.learning_rate,
+        max_steps=stage.max_steps if stage.max_steps > 0 else -1,
+        num_train_epochs=stage.epochs,
+        per_device_train_batch_size=stage.batch_size,
+        gradient_accumulation_steps=stage.grad_accum,
+        warmup_steps=stage.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        lr_scheduler_type=stage.scheduler,
+        logging_steps=stage.logging_steps,
+        seed=seed,
+        data_seed=seed,
+        # trl defaults to bf16 and gradient checkpointing; both are wrong for CPU, so set them explicitly.
+        bf16=compute_dtype == torch.bfloat16,
+        fp16=compute_dtype == torch.float16,
+        gradient_checkpointing=gradient_checkpointing,
+        use_cpu=device == "cpu",
+        save_strategy="no",
+        report_to=[],
+        include_num_input_tokens_seen="non_padding",  # for DPO: chosen and rejected, prompt included in each
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+    )
 
 
 def _model_loss_sft_trainer():
