@@ -89,3 +89,11 @@ def test_adapter_without_safetensors_is_refused(tmp_path, tiny_base):
     (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="safetensors only"):
         load_adapter(tiny_base.model, tmp_path)
+
+
+def test_hf_kind_loads_a_local_directory_through_the_same_path(tiny_base):
+    # model=hf serves users' own models; a local safetensors directory stands in for a hub id here.
+    base = load_base_model(ModelConfig(kind="hf", name_or_path=str(tiny_base.model_dir)), QuantConfig(method="nf4"),
+                           "cpu")
+    assert isinstance(base.model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    assert base.model_hash == tiny_base.model_hash and base.tokenizer.chat_template
