@@ -547,44 +547,62 @@ def _now() -> str:
 
 
 class _Tracker:
-    """The sweep as an MLflow parent run, each trial a child run with its loss curve logged live."""
+    """Experiment tracking. MLflow: the sweep as a parent run, each trial a child run. W&B: one run per trial,
+    grouped by sweep (W&B has no nested runs; set WANDB_MODE=offline to keep it local). Loss curves are
+    logged live from the trainer."""
 
     def __init__(self, sweep: SweepConfig, sweep_dir: Path):
-        self.enabled = sweep.tracking == "mlflow"
-        self.mlflow = None
-        if sweep.tracking == "wandb":
-            raise ValueError("sweep.tracking=wandb is not available offline here; use mlflow or none")
-        if not self.enabled:
-            return
-        import mlflow
+        self.kind, self.sweep, self.sweep_dir = sweep.tracking, sweep, sweep_dir
+        if self.kind not in ("mlflow", "wandb", "none"):
+            raise ValueError(f"sweep.tracking={self.kind!r}: expected mlflow, wandb or none")
+        self.mlflow = self.wandb = self.wandb_run = None
+        if self.kind == "mlflow":
+            import mlflow
 
-        self.mlflow = mlflow
-        mlflow.set_tracking_uri(sweep.tracking_uri or f"sqlite:///{(sweep_dir / 'mlflow.db').resolve()}")
-        mlflow.set_experiment(f"harness-{sweep.name}")
-        self.parent = mlflow.start_run(run_name=f"sweep-{sweep.name}")
+            self.mlflow = mlflow
+            mlflow.set_tracking_uri(sweep.tracking_uri or f"sqlite:///{(sweep_dir / 'mlflow.db').resolve()}")
+            mlflow.set_experiment(f"harness-{sweep.name}")
+            mlflow.start_run(run_name=f"sweep-{sweep.name}")
+        elif self.kind == "wandb":
+            import wandb
+
+            self.wandb = wandb
 
     def trial_callback(self, number: int, params: dict) -> TrainerCallback:
-        tracker = self
-        if self.enabled:
+        if self.kind == "mlflow":
             self.mlflow.start_run(run_name=f"trial-{number:03d}", nested=True)
             self.mlflow.log_params(params)
+        elif self.kind == "wandb":
+            self.wandb_run = self.wandb.init(
+                project=f"harness-{self.sweep.name}", group=self.sweep.name, name=f"trial-{number:03d}",
+                config=params, dir=str(self.sweep_dir),
+            )
+        tracker = self
 
         class LogToTracker(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
-                if tracker.enabled and logs:
-                    metrics = {k.replace("/", "_"): float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+                metrics = {k.replace("/", "_"): float(v) for k, v in (logs or {}).items()
+                           if isinstance(v, (int, float))}
+                if metrics and tracker.kind == "mlflow":
                     tracker.mlflow.log_metrics(metrics, step=state.global_step)
+                elif metrics and tracker.kind == "wandb":
+                    tracker.wandb_run.log(metrics, step=state.global_step)
 
         return LogToTracker()
 
     def end_trial(self, state: str, values: list[float] | None) -> None:
-        if not self.enabled:
-            return
-        if values:
-            self.mlflow.log_metric("heldout_score", values[0])
-        self.mlflow.set_tag("state", state)
-        self.mlflow.end_run()
+        if self.kind == "mlflow":
+            if values:
+                self.mlflow.log_metric("heldout_score", values[0])
+            self.mlflow.set_tag("state", state)
+            self.mlflow.end_run()
+        elif self.kind == "wandb" and self.wandb_run is not None:
+            self.wandb_run.summary["state"] = state
+            if values:
+                self.wandb_run.summary["heldout_score"] = values[0]
+            self.wandb_run.finish()
+            self.wandb_run = None
 
     def close(self) -> None:
-        if self.enabled:
+        if self.kind == "mlflow":
             self.mlflow.end_run()

@@ -140,3 +140,14 @@ def test_two_workers_on_a_journal_file_split_the_trials(tmp_path):
     assert sorted(ranks) == [1, 2, 4, 8], "every configuration ran exactly once"
     assert all(t["state"] == "COMPLETE" for t in trials)
     assert len({t["pid"] for t in trials}) == 2, "both workers took trials"
+
+
+def test_wandb_tracking_logs_one_run_per_trial(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_config([*SWEEP_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}", "sweep.space.lora_r=[2]",
+                       "sweep.tracking=wandb"])
+    run_sweep(cfg)
+    runs = list((tmp_path / "rank" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0, "one offline W&B run for the one trial"
+    assert b"heldout_score" in runs[0].read_bytes() and b"loss" in runs[0].read_bytes()
