@@ -97,7 +97,7 @@ def run_sweep(cfg: RunConfig) -> SweepSummary:
     try:
         while True:
             _recover_dead_trials(study)
-            with _ask_lock(sweep_dir):
+            with _study_lock(sweep_dir, study):
                 if _done(study, n_trials):
                     break
                 trial = study.ask()
@@ -278,20 +278,34 @@ def make_storage(storage_url: str, sweep: SweepConfig):
         return JournalStorage(JournalFileBackend(str(path)))
     if storage_url.startswith("sqlite:///"):
         Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    import sqlalchemy.exc
+    with _schema_lock(storage_url):
+        return optuna.storages.RDBStorage(
+            storage_url,
+            heartbeat_interval=sweep.heartbeat_interval,
+            grace_period=sweep.grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
 
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(
-                storage_url,
-                heartbeat_interval=sweep.heartbeat_interval,
-                grace_period=sweep.grace_period,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
-        except sqlalchemy.exc.IntegrityError:
-            # Workers starting together race to create the schema on a fresh database; the loser retries.
-            time.sleep(0.5 * (attempt + 1))
-    raise RuntimeError(f"could not initialise the Optuna storage at {storage_url}")
+
+@contextlib.contextmanager
+def _schema_lock(storage_url: str):
+    """Workers starting together on a fresh PostgreSQL database race to create Optuna's tables and types;
+    the loser fails with IntegrityError or ProgrammingError. An advisory lock makes them take turns."""
+    if not storage_url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext('harness-optuna-schema'))"))
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(hashtext('harness-optuna-schema'))"))
+    finally:
+        engine.dispose()
 
 
 def _make_sampler(sweep: SweepConfig, space: dict[str, list]):
@@ -322,15 +336,16 @@ def _make_pruner(sweep: SweepConfig):
 
 def _load_study(sweep: SweepConfig, storage_url: str, space: dict[str, list], sweep_dir: Path):
     directions = ["maximize", "minimize"] if sweep.objective == "multi" else ["maximize"]
-    with _ask_lock(sweep_dir):
-        study = optuna.create_study(
-            study_name=sweep.name,
-            storage=make_storage(storage_url, sweep),
-            sampler=_make_sampler(sweep, space),
-            pruner=_make_pruner(sweep),
-            directions=directions,
-            load_if_exists=True,
-        )
+    study = optuna.create_study(
+        study_name=sweep.name,
+        storage=make_storage(storage_url, sweep),
+        sampler=_make_sampler(sweep, space),
+        pruner=_make_pruner(sweep),
+        directions=directions,
+        load_if_exists=True,
+    )
+    # Workers on other machines may start at the same moment: the lock spans the database, not just this host.
+    with _study_lock(sweep_dir, study):
         if sweep.sampler == "grid" and not study.user_attrs.get("grid_enqueued"):
             names = list(space)
             for combination in list(itertools.product(*space.values()))[: sweep.n_trials or None]:
@@ -408,15 +423,44 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _ask_lock(sweep_dir: Path):
-    """Serialise 'is the study done? / ask' between workers on this machine."""
+def _study_lock(sweep_dir: Path, study):
+    """Serialise 'enqueue the grid' and 'is the study done? / ask' between workers.
+
+    A file lock covers the processes of this machine; for a database storage a database lock keyed on the
+    study name also covers other machines (PostgreSQL advisory lock, MySQL GET_LOCK).
+    """
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with open(sweep_dir / ".ask.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            with _database_lock(study):
+                yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _database_lock(study):
+    storage = getattr(study._storage, "_backend", study._storage)
+    engine = getattr(storage, "engine", None)
+    dialect = engine.dialect.name if engine is not None else None
+    if dialect not in ("postgresql", "mysql"):
+        yield  # SQLite and journal files live on one machine: the file lock is enough.
+        return
+    import sqlalchemy
+
+    key = f"harness-sweep:{study.study_name}"
+    with engine.connect() as connection:
+        if dialect == "postgresql":
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext(:key))"), {"key": key})
+            unlock = sqlalchemy.text("SELECT pg_advisory_unlock(hashtext(:key))")
+        else:
+            connection.execute(sqlalchemy.text("SELECT GET_LOCK(:key, -1)"), {"key": key})
+            unlock = sqlalchemy.text("SELECT RELEASE_LOCK(:key)")
+        try:
+            yield
+        finally:
+            connection.execute(unlock, {"key": key})
 
 
 # ---------------------------------------------------------------------------------------------------------

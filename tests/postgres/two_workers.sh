@@ -2,7 +2,8 @@
 # Two sweep workers, each with its own sweep directory (as on two machines), sharing one Optuna study in a
 # real PostgreSQL server on loopback. Installs PostgreSQL from Debian's packages if needed, and psycopg 3.
 #   bash tests/postgres/two_workers.sh            (from the repository root, after `make setup`)
-# Passes when the 4 grid configurations each complete exactly once across the two workers.
+# Passes when workers joining a fresh database at once queue the grid once (join_race.py), and the 4 grid
+# configurations each complete exactly once across the two workers.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -22,6 +23,7 @@ su postgres -c "$PG_BIN/pg_ctl -D $WORK/db -l $WORK/pg.log -o '-h 127.0.0.1 -p $
 su postgres -c "$PG_BIN/createdb -h 127.0.0.1 -p $PORT harness"
 URL="postgresql://postgres@127.0.0.1:$PORT/harness"
 echo "PostgreSQL $PG_VERSION on 127.0.0.1:$PORT"
+HF_HUB_OFFLINE=1 $PY tests/postgres/join_race.py "postgresql://postgres@127.0.0.1:$PORT" "${RACE_ROUNDS:-10}" "$WORK"
 
 ARGS=(model=tiny quant=none run_regression=false train.sft.max_steps=6 train.sft.batch_size=4
       data.max_sft_examples=16 eval.max_examples=8 +sweep=rank sweep.tracking=none
