@@ -167,22 +167,39 @@ def trial_command(params: dict) -> str:
 # One trial
 
 
-class _PruningCallback(TrainerCallback):
+class _TrialSteps(TrainerCallback):
+    """Counts optimizer steps across a trial's stages: each trainer (SFT, then DPO) restarts global_step at 0,
+    but Optuna ignores a second report at a step it has seen and W&B drops steps that go backwards."""
+
+    def __init__(self):
+        self.offset = 0
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.offset += state.global_step
+
+    def trial_step(self, state) -> int:
+        return self.offset + state.global_step
+
+
+class _PruningCallback(_TrialSteps):
     """Every `every` steps: score a fixed held-out subset, report it, and stop the trial if the pruner says so."""
 
     def __init__(self, trial, tokenizer, eval_cfg, examples, every: int, record: list):
+        super().__init__()
         self.trial, self.tokenizer = trial, tokenizer
         self.eval_cfg, self.examples, self.every, self.record = eval_cfg, examples, every, record
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        # The last step of a stage is skipped: the stage's full held-out evaluation follows it.
         if state.global_step % self.every or state.global_step >= state.max_steps:
             return
         score = evaluate_heldout(model, self.tokenizer, self.eval_cfg, self.examples).score
         model.train()
-        self.record.append({"step": state.global_step, "score": score})
-        self.trial.report(score, state.global_step)
+        step = self.trial_step(state)
+        self.record.append({"step": step, "score": score})
+        self.trial.report(score, step)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"held-out subset score {score:.3f} at step {state.global_step}")
+            raise optuna.TrialPruned(f"held-out subset score {score:.3f} at step {step}")
 
 
 def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
@@ -623,14 +640,14 @@ class _Tracker:
             )
         tracker = self
 
-        class LogToTracker(TrainerCallback):
+        class LogToTracker(_TrialSteps):
             def on_log(self, args, state, control, logs=None, **kwargs):
                 metrics = {k.replace("/", "_"): float(v) for k, v in (logs or {}).items()
                            if isinstance(v, (int, float))}
                 if metrics and tracker.kind == "mlflow":
-                    tracker.mlflow.log_metrics(metrics, step=state.global_step)
+                    tracker.mlflow.log_metrics(metrics, step=self.trial_step(state))
                 elif metrics and tracker.kind == "wandb":
-                    tracker.wandb_run.log(metrics, step=state.global_step)
+                    tracker.wandb_run.log(metrics, step=self.trial_step(state))
 
         return LogToTracker()
 

@@ -90,6 +90,30 @@ def test_pruner_stops_a_trial_with_a_bad_intermediate_score(tmp_path):
     assert len(loss_rows) >= 1, "a pruned trial keeps what it measured (its loss curve up to the prune)"
 
 
+def test_sft_then_dpo_trial_reports_and_logs_steps_across_both_stages(tmp_path):
+    # Each trainer restarts global_step at 0. Reports must continue across stages: Optuna ignores a second report
+    # at a step it has seen (the pruner would never see DPO), and W&B drops steps that go backwards.
+    cfg = make_config([
+        *SWEEP_OVERRIDES, "+sweep=sft_dpo", f"sweep.sweeps_dir={tmp_path}", "sweep.n_trials=1",
+        "sweep.tracking=mlflow", "sweep.pruner=threshold", "sweep.prune_threshold=-1.0", "sweep.prune_every_steps=2",
+        "sweep.prune_eval_examples=2", "train.sft.max_steps=4", "sweep.space.dpo_max_steps=[4]",
+        "train.dpo.batch_size=4", "data.max_preference_examples=8",
+    ])
+    summary = run_sweep(cfg)
+    assert summary.n_complete == 1
+    study = optuna.load_study(study_name="sft_dpo", storage=f"sqlite:///{tmp_path / 'sft_dpo' / 'study.db'}")
+    assert sorted(study.trials[0].intermediate_values) == [2, 6]  # SFT step 2, then DPO step 2 = trial step 6
+    (trial,) = _trials(tmp_path / "sft_dpo")
+    assert [row["step"] for row in trial["intermediate"]] == [2, 6]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'sft_dpo' / 'mlflow.db'}")
+    child = mlflow.search_runs(experiment_names=["harness-sft_dpo"], filter_string="tags.mlflow.parentRunId != ''")
+    history = mlflow.MlflowClient().get_metric_history(child["run_id"][0], "loss")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, 9))
+
+
 def test_sqlite_with_two_workers_is_refused(tmp_path):
     cfg = make_config([*SWEEP_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}", "sweep.workers=2"])
     with pytest.raises(ValueError, match="SQLite is for one worker"):
