@@ -29,11 +29,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers import PrinterCallback, TrainerCallback
+from transformers import TrainerCallback
 
 from harness.config import DPOStageConfig
 from harness.data import PREFERENCE_FIELDS, PreferencePair
-from harness.train import LossLogger, StageResult, _run_stage, trainer_arguments
+from harness.train import LossLogger, StageResult, _run_stage, build_trainer, trainer_arguments
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,8 @@ def train_dpo(
     started = time.perf_counter()
     _load_adapter_weights(model, POLICY_ADAPTER, reference)
     try:
-        trainer = trainer_class(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            callbacks=[loss_logger, *(callbacks or [])],
-        )
+        trainer = build_trainer(trainer_class, model, tokenizer, args, dataset, [loss_logger, *(callbacks or [])],
+                                progress)
     finally:
         # 2. The policy starts where the previous stage ended. trl casts a quantized model's trainable adapter
         # to bf16 after copying it into the fp32 "ref"; loading fp32 weights undoes that, so that policy and
@@ -102,8 +97,6 @@ def train_dpo(
     scored = " and scored by the reference" if stage.precompute_ref_log_probs else ""
     log.info("dpo: %d pairs tokenized%s in %.1f s", len(trainer.train_dataset), scored, time.perf_counter() - started)
     _check_reference(model, reference, "before training")
-    if not progress:
-        trainer.remove_callback(PrinterCallback)  # it prints every log dict when the progress bar is off
 
     # 3. Train, then make sure the reference did not move and remove it, so the saved adapter is the policy.
     result = _run_stage(trainer, "dpo", loss_logger, device)

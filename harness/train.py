@@ -91,18 +91,19 @@ def train_sft(
     )
     loss_logger = LossLogger(run_dir / "loss.jsonl", "sft", previous_loss_log)
     trainer_class = _model_loss_sft_trainer() if device == "cpu" else SFTTrainer
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[loss_logger, *(callbacks or [])],
-    )
-    if not progress:
-        trainer.remove_callback(PrinterCallback)  # it prints every log dict when the progress bar is off
+    trainer = build_trainer(trainer_class, model, tokenizer, args, dataset, [loss_logger, *(callbacks or [])], progress)
     result = _run_stage(trainer, "sft", loss_logger, device)
     shutil.rmtree(args.output_dir, ignore_errors=True)  # nothing is saved there (save_strategy="no")
     return result
+
+
+def build_trainer(trainer_class, model, tokenizer, args, dataset, callbacks: list[TrainerCallback], progress: bool):
+    """A trl trainer for one stage, quiet when the progress bar is off."""
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                            callbacks=callbacks)
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict when the progress bar is off
+    return trainer
 
 
 def trainer_arguments(stage, seed: int, device: str, compute_dtype: torch.dtype, gradient_checkpointing: bool,
