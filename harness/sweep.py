@@ -307,7 +307,7 @@ def make_storage(storage_url: str, sweep: SweepConfig):
 @contextlib.contextmanager
 def _schema_lock(storage_url: str):
     """Workers starting together on a fresh PostgreSQL database race to create Optuna's tables and types;
-    the loser fails with IntegrityError or ProgrammingError. An advisory lock makes them take turns."""
+    the loser fails with IntegrityError or ProgrammingError. A database lock makes them take turns."""
     if not storage_url.startswith("postgresql"):
         yield
         return
@@ -315,12 +315,8 @@ def _schema_lock(storage_url: str):
 
     engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
     try:
-        with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext('harness-optuna-schema'))"))
-            try:
-                yield
-            finally:
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(hashtext('harness-optuna-schema'))"))
+        with _advisory_lock(engine, "harness-optuna-schema"):
+            yield
     finally:
         engine.dispose()
 
@@ -456,28 +452,29 @@ def _study_lock(sweep_dir: Path, study):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
 def _database_lock(study):
     storage = getattr(study._storage, "_backend", study._storage)
     engine = getattr(storage, "engine", None)
-    dialect = engine.dialect.name if engine is not None else None
-    if dialect not in ("postgresql", "mysql"):
-        yield  # SQLite and journal files live on one machine: the file lock is enough.
-        return
+    if engine is None or engine.dialect.name not in ("postgresql", "mysql"):
+        return contextlib.nullcontext()  # SQLite and journal files live on one machine: the file lock is enough.
+    return _advisory_lock(engine, f"harness-sweep:{study.study_name}")
+
+
+@contextlib.contextmanager
+def _advisory_lock(engine, key: str):
+    """A lock held by a database connection, seen by every machine using that database (PostgreSQL, MySQL)."""
     import sqlalchemy
 
-    key = f"harness-sweep:{study.study_name}"
+    if engine.dialect.name == "postgresql":
+        lock, unlock = "SELECT pg_advisory_lock(hashtext(:key))", "SELECT pg_advisory_unlock(hashtext(:key))"
+    else:
+        lock, unlock = "SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)"
     with engine.connect() as connection:
-        if dialect == "postgresql":
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext(:key))"), {"key": key})
-            unlock = sqlalchemy.text("SELECT pg_advisory_unlock(hashtext(:key))")
-        else:
-            connection.execute(sqlalchemy.text("SELECT GET_LOCK(:key, -1)"), {"key": key})
-            unlock = sqlalchemy.text("SELECT RELEASE_LOCK(:key)")
+        connection.execute(sqlalchemy.text(lock), {"key": key})
         try:
             yield
         finally:
-            connection.execute(unlock, {"key": key})
+            connection.execute(sqlalchemy.text(unlock), {"key": key})
 
 
 # ---------------------------------------------------------------------------------------------------------

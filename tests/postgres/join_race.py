@@ -28,7 +28,8 @@ from harness.sweep import _load_study
 Path(sys.argv[2] + ".ready").touch()
 while not Path(sys.argv[3]).exists():
     time.sleep(0.001)
-_load_study(SweepConfig(name="rank", sampler="grid", n_trials=0), sys.argv[1], {"lora_r": [1, 2, 4, 8]}, Path(sys.argv[2]))
+_load_study(SweepConfig(name="rank", sampler="grid", n_trials=0), sys.argv[1], {"lora_r": [1, 2, 4, 8]},
+            Path(sys.argv[2]))
 """
 
 
