@@ -15,11 +15,11 @@ import json
 import logging
 from dataclasses import asdict
 
-from harness.artifacts import write_json_atomic
 from harness.config import RunConfig
 from harness.data import Conversation
 from harness.evaluate import HeldoutExample, evaluate_heldout
 from harness.model import BaseModel, cache_root
+from harness.records import BaselineCache, BaselineScores, RecordError, read_record, write_record
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +42,37 @@ def get_baselines(
     eval_set_hash: str,
     heldout: list[HeldoutExample],
     fewshot_pool: list[Conversation],
-) -> dict:
-    """{'key', 'cached', 'zero_shot', 'prompt_baseline', 'regression'}; computed on a miss, read on a hit."""
+) -> BaselineScores:
+    """The base model's scores: computed and cached on a miss, read from the cache on a hit."""
     key = baseline_key(base, cfg, eval_set_hash)
     path = cache_root() / "baselines" / f"{cfg.eval.name}-{key}.json"
-    if path.is_file():
+    record = _read_cache(path)
+    cached = record is not None
+    if cached:
         log.info("Baselines for eval set %s read from cache %s", eval_set_hash, path)
-        cached = json.loads(path.read_text(encoding="utf-8"))
-        return {**cached, "cached": True, "path": str(path)}
+    else:
+        log.info("Computing baselines for eval set %s (cached afterwards in %s)", eval_set_hash, path)
+        record = _compute_baselines(base, cfg, key, eval_set_hash, heldout, fewshot_pool)
+        write_record(path, record)
+    prompt = record.prompt_baseline
+    return BaselineScores(
+        key=key, cached=cached, zero_shot=record.zero_shot, prompt_baseline=prompt,
+        prompting_meets_min_score=bool(prompt and prompt.score >= cfg.eval.min_score),
+        regression=record.regression,
+    )
 
-    log.info("Computing baselines for eval set %s (cached afterwards in %s)", eval_set_hash, path)
+
+def _read_cache(path) -> BaselineCache | None:
+    if not path.is_file():
+        return None
+    try:
+        return read_record(BaselineCache, path)
+    except RecordError as err:  # a cache entry of another harness version: recompute it (we wrote it)
+        log.warning("Ignoring unreadable baseline cache entry (%s); recomputing", err)
+        return None
+
+
+def _compute_baselines(base, cfg, key, eval_set_hash, heldout, fewshot_pool) -> BaselineCache:
     model, tokenizer = base.model, base.tokenizer
     zero_shot = evaluate_heldout(model, tokenizer, cfg.eval, heldout)
     prompt_baseline = None
@@ -65,14 +86,5 @@ def get_baselines(
         from harness.regression import score_regression
 
         regression = score_regression(model, tokenizer, cfg.eval)
-    record = {
-        "key": key,
-        "eval_set_hash": eval_set_hash,
-        "model_id": base.model_id,
-        "model_hash": base.model_hash,
-        "zero_shot": zero_shot.to_dict(),
-        "prompt_baseline": prompt_baseline.to_dict() if prompt_baseline else None,
-        "regression": regression,
-    }
-    write_json_atomic(path, record)
-    return {**record, "cached": False, "path": str(path)}
+    return BaselineCache(key=key, eval_set_hash=eval_set_hash, model_id=base.model_id, model_hash=base.model_hash,
+                         zero_shot=zero_shot, prompt_baseline=prompt_baseline, regression=regression)

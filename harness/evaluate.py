@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from harness.config import EvalConfig
 from harness.data import Conversation, DataError, read_jsonl, validate_messages
 from harness.graders import aggregate, grade, grader_version
 from harness.model import fast_cpu_inference
+from harness.records import CanaryResult, ExampleResult, HeldoutResult
 from harness.stats import estimate
 
 log = logging.getLogger(__name__)
@@ -36,30 +37,6 @@ class HeldoutExample:
     messages: list[dict]  # the prompt: system/user turns, ending before the answer
     reference: Any
     source: str  # file:line
-
-
-@dataclass
-class HeldoutResult:
-    """Scores of one model on one eval set, with every example kept."""
-
-    score: float  # mean of the first grader's per-example scores
-    stderr: float
-    ci_low: float
-    ci_high: float
-    n: int
-    metrics: dict[str, float]  # every grader's aggregates, e.g. "json_fields/field/age"
-    per_example: list[dict] = field(default_factory=list)  # prompt, output, reference, score, grades
-    seconds: float = 0.0
-    batch_size: int = 0
-    max_new_tokens: int = 0
-    grader_versions: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def scores(self) -> list[float]:
-        return [row["score"] for row in self.per_example]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def load_heldout(eval_cfg: EvalConfig) -> list[HeldoutExample]:
@@ -153,23 +130,21 @@ def grade_outputs(
             grades[grader.type if index == 0 else f"{grader.type}_{index}"] = {
                 "score": result.score, "details": result.details
             }
-        per_example.append(
-            {
-                "source": example.source,
-                "prompt": example.messages[-1]["content"],
-                "output": output,
-                "reference": example.reference,
-                "score": next(iter(grades.values()))["score"],
-                "grades": grades,
-            }
-        )
+        per_example.append(ExampleResult(
+            source=example.source,
+            prompt=example.messages[-1]["content"],
+            output=output,
+            reference=example.reference,
+            score=next(iter(grades.values()))["score"],
+            grades=grades,
+        ))
     metrics, versions = {}, {}
     for index, grader in enumerate(eval_cfg.graders):
         name = grader.type if index == 0 else f"{grader.type}_{index}"
         versions[name] = grader_version(grader)
         for key, value in aggregate(grader, grades_by_grader[index]).items():
             metrics[f"{name}/{key}"] = value
-    headline = estimate([row["score"] for row in per_example])
+    headline = estimate([row.score for row in per_example])
     return HeldoutResult(
         score=headline.mean,
         stderr=headline.stderr,
@@ -183,13 +158,6 @@ def grade_outputs(
         max_new_tokens=eval_cfg.generation.max_new_tokens,
         grader_versions=versions,
     )
-
-
-@dataclass
-class CanaryResult:
-    max_logit_diff: float  # largest |adapter - base| logit over the canary prompts
-    outputs_changed: int  # canary prompts whose greedy output differs from the base model's
-    n: int
 
 
 def check_adapter_active(peft_model, tokenizer, examples: list[HeldoutExample], max_new_tokens: int = 32,

@@ -29,21 +29,33 @@ table for a PR comment or $GITHUB_STEP_SUMMARY), gate.json, and candidate_result
 from __future__ import annotations
 
 import argparse
-import hashlib
 import html
-import json
 import sys
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.artifacts import REPO_ROOT, git_revision, library_versions, write_json_atomic, write_text_atomic
+from harness.artifacts import REPO_ROOT, git_revision, write_json_atomic, write_text_atomic
 from harness.config import RunConfig
+from harness.records import (
+    BaselineExample,
+    BaselineHeldout,
+    EvalSetIdentity,
+    GateBaseline,
+    GatedRegression,
+    HeldoutResult,
+    ModelIdentity,
+    RecordError,
+    RunResults,
+    StageRecord,
+    read_record,
+    to_json,
+    write_record,
+)
 from harness.stats import compare_paired
 
-BASELINE_FORMAT = "harness.gate/baseline-v1"
 # Baselines keep each example's output when they are this small in total (characters), so that a failing gate
 # can show what changed; larger eval sets keep scores only, to keep the committed file reviewable.
 MAX_BASELINE_OUTPUT_CHARS = 100_000
@@ -90,89 +102,96 @@ class Check:
 
 
 @dataclass
+class GateSide:
+    """One side of the comparison: which adapter, from where, and how its results were obtained."""
+
+    adapter_hash: str
+    path: str = ""  # the baseline file, or the candidate as given
+    origin: str = ""  # baseline: the run it was made from (and when); candidate: "reused ..." / "evaluated ..."
+
+
+@dataclass
 class GateReport:
     """The verdict, every check, and the identities of what was compared."""
 
     verdict: str  # pass | fail | cannot_compare
     reason: str  # the one line printed first
     checks: list[Check] = field(default_factory=list)
-    eval_set: dict = field(default_factory=dict)
-    model: dict = field(default_factory=dict)
-    baseline: dict = field(default_factory=dict)  # path, adapter hash, created_from, created_at
-    candidate: dict = field(default_factory=dict)  # path, adapter hash, how its results were obtained
-    settings: dict = field(default_factory=dict)
+    eval_set: EvalSetIdentity | None = None
+    model: ModelIdentity | None = None
+    baseline: GateSide | None = None
+    candidate: GateSide | None = None
+    settings: GateSettings | None = None
     notes: list[str] = field(default_factory=list)
-    worse_examples: list[dict] = field(default_factory=list)  # held-out examples the candidate got worse on
+    worse_examples: list[WorseExample] = field(default_factory=list)  # held-out examples the candidate got worse on
 
     @property
     def exit_code(self) -> int:
         return EXIT_CODES[self.verdict]
 
 
+@dataclass
+class WorseExample:
+    source: str
+    baseline_score: float
+    candidate_score: float
+    baseline_output: str
+    candidate_output: str
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Baselines
 
 
-def make_baseline(results: dict, created_from: str) -> dict:
+def make_baseline(results: RunResults, created_from: str) -> GateBaseline:
     """The committed baseline record from a run's (or a gate evaluation's) results record."""
-    try:
-        if results.get("status") != "complete":
-            raise CannotCompareError(
-                f"{created_from}: results status is {results.get('status')!r}, not complete")
-        stage = results["stages"][results["final"]["stage"]]
-        heldout = stage["heldout"]
-        keep_outputs = sum(len(row["output"]) for row in heldout["per_example"]) <= MAX_BASELINE_OUTPUT_CHARS
-        per_example = [
-            {"source": row["source"], "score": row["score"],
-             **({"output": row["output"]} if keep_outputs else {})}
-            for row in heldout["per_example"]
-        ]
-        limits = {b["task"]: b for b in results["config"]["eval"]["regression"]}
-        regression = {}
-        for task, scores in stage["regression"].items():
-            if task not in limits:
-                raise CannotCompareError(
-                    f"{created_from}: regression task {task!r} has no limit in its config")
-            regression[task] = {
-                **{k: v for k, v in scores.items() if k != "per_example"},
-                "max_regression": limits[task]["max_regression"],
-                "limit": limits[task]["limit"],
-                "per_example": scores["per_example"],
-            }
-        return {
-            "format": BASELINE_FORMAT,
-            "created_from": created_from,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "git_revision": git_revision(),
-            "eval_set": results["eval_set"],
-            "model": results["model"],
-            "tokenizer": results["tokenizer"],
-            "adapter": {"hash": results["adapter"]["hash"], "path": results["adapter"]["path"]},
-            "min_score": results["eval_set"]["min_score"],
-            "heldout": {
-                **{k: heldout[k] for k in ("score", "stderr", "ci_low", "ci_high", "n")},
-                "grader_versions": heldout.get("grader_versions", {}),
-                "outputs_kept": keep_outputs,
-                "per_example": per_example,
-            },
-            "regression": regression,
-            "library_versions": results["metrics"]["library_versions"],
-        }
-    except KeyError as err:
-        raise CannotCompareError(
-            f"{created_from}: not a complete results record (missing key {err})") from None
+    if results.status != "complete":
+        raise CannotCompareError(f"{created_from}: results status is {results.status!r}, not complete")
+    stage = results.final_stage
+    heldout = stage.heldout
+    keep_outputs = sum(len(row.output) for row in heldout.per_example) <= MAX_BASELINE_OUTPUT_CHARS
+    per_example = [BaselineExample(source=row.source, score=row.score, output=row.output if keep_outputs else None)
+                   for row in heldout.per_example]
+    limits = {b.task: b for b in results.run_config().eval.regression}
+    regression = {}
+    for task, scores in stage.regression.items():
+        if task not in limits:
+            raise CannotCompareError(f"{created_from}: regression task {task!r} has no limit in its config")
+        regression[task] = GatedRegression(**vars(scores), max_regression=limits[task].max_regression)
+    return GateBaseline(
+        created_from=created_from,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        git_revision=git_revision(),
+        eval_set=results.eval_set,
+        model=results.model,
+        tokenizer=results.tokenizer,
+        adapter=results.adapter,
+        min_score=results.eval_set.min_score,
+        heldout=BaselineHeldout(
+            score=heldout.score, stderr=heldout.stderr, ci_low=heldout.ci_low, ci_high=heldout.ci_high,
+            n=heldout.n, grader_versions=heldout.grader_versions, outputs_kept=keep_outputs, per_example=per_example,
+        ),
+        regression=regression,
+        library_versions=results.metrics.library_versions,
+    )
 
 
-def load_baseline(path: Path) -> dict:
+def load_baseline(path: Path) -> GateBaseline:
     if not path.is_file():
         raise CannotCompareError(f"baseline {path} not found; write one with: "
                                  f"python -m harness.gate baseline --from <run dir> --out {path}")
-    baseline = _read_json(path)
-    if baseline.get("format") != BASELINE_FORMAT:
-        raise CannotCompareError(
-            f"{path}: not a gate baseline (format {baseline.get('format')!r}, expected {BASELINE_FORMAT!r}); "
-            "write one with: python -m harness.gate baseline --from ...")
-    return baseline
+    try:
+        return read_record(GateBaseline, path)
+    except RecordError as err:
+        raise CannotCompareError(f"not a gate baseline: {err}; write one with: "
+                                 "python -m harness.gate baseline --from <run dir>") from None
+
+
+def read_results(path: Path) -> RunResults:
+    try:
+        return read_record(RunResults, path)
+    except RecordError as err:
+        raise CannotCompareError(str(err)) from None
 
 
 def results_path_of(source: Path) -> Path:
@@ -203,7 +222,7 @@ def locate_candidate(candidate: Path) -> tuple[Path, Path | None]:
     return adapter_dir, results if results.is_file() else None
 
 
-def candidate_results(cfg: RunConfig, candidate: Path, reevaluate: bool = False) -> tuple[dict, str]:
+def candidate_results(cfg: RunConfig, candidate: Path, reevaluate: bool = False) -> tuple[RunResults, str]:
     """The candidate's results record and how it was obtained ("reused <path>" or "evaluated: <why>")."""
     from harness.evalset import verify_frozen
     from harness.model import adapter_hash
@@ -212,7 +231,7 @@ def candidate_results(cfg: RunConfig, candidate: Path, reevaluate: bool = False)
     eval_set_hash = verify_frozen(cfg.eval)
     why = "--reevaluate" if reevaluate else "no results.json beside the adapter"
     if results_path is not None and not reevaluate:
-        results = _read_json(results_path)
+        results = read_results(results_path)
         mismatch = _reuse_mismatch(cfg, results, eval_set_hash, adapter_hash(adapter_dir))
         if mismatch is None:
             return results, f"reused {results_path}"
@@ -220,11 +239,12 @@ def candidate_results(cfg: RunConfig, candidate: Path, reevaluate: bool = False)
     return evaluate_candidate(cfg, adapter_dir), f"evaluated ({why})"
 
 
-def evaluate_candidate(cfg: RunConfig, adapter_dir: Path) -> dict:
-    """Evaluate a saved adapter as a run would; returns a results record (keys as in run.build_results)."""
+def evaluate_candidate(cfg: RunConfig, adapter_dir: Path) -> RunResults:
+    """Evaluate a saved adapter as a run would; returns its results record (built by run.build_results)."""
     from harness.evalset import verify_frozen
     from harness.evaluate import check_adapter_active, evaluate_heldout, load_heldout
-    from harness.model import adapter_hash, load_adapter, load_base_model, resolve_device
+    from harness.model import load_adapter, load_base_model, resolve_device
+    from harness.run import build_results
 
     started = time.perf_counter()
     # 1. The frozen eval set (raises naming what changed).
@@ -245,60 +265,25 @@ def evaluate_candidate(cfg: RunConfig, adapter_dir: Path) -> dict:
         from harness.regression import score_regression
 
         regression = score_regression(model, base.tokenizer, cfg.eval)
-
-    adapter_config = _read_json(adapter_dir / "adapter_config.json")
-    return {
-        "status": "complete",
-        "kind": "gate_evaluation",
-        "run_dir": None,
-        "config": _config_container(cfg),
-        "eval_set": {"name": cfg.eval.name, "hash": eval_set_hash, "n": len(heldout),
-                     "min_score": cfg.eval.min_score},
-        "model": {"id": base.model_id, "hash": base.model_hash, "quantized": base.quantized,
-                  "compute_dtype": str(base.compute_dtype)},
-        "tokenizer": tokenizer_identity(base.tokenizer),
-        "adapter": {"path": str(adapter_dir), "hash": adapter_hash(adapter_dir), "r": adapter_config.get("r"),
-                    "alpha": adapter_config.get("lora_alpha"),
-                    "target_modules": adapter_config.get("target_modules")},
-        "stages": {"gate": {"heldout": heldout_result.to_dict(), "regression": regression}},
-        "final": {
-            "stage": "gate",
-            "heldout": {k: getattr(heldout_result, k) for k in ("score", "stderr", "ci_low", "ci_high", "n")},
-            "meets_min_score": heldout_result.score >= cfg.eval.min_score,
-            "regression": {task: {k: v for k, v in r.items() if k != "per_example"}
-                           for task, r in regression.items()},
-        },
-        "canary": asdict(canary),
-        "metrics": {
-            "device": device,
-            "compute_dtype": str(base.compute_dtype),
-            "library_versions": library_versions(),
-            "seed": cfg.seed,
-            "git_revision": git_revision(),
-            "wall_time_s": time.perf_counter() - started,
-        },
-    }
+    return build_results(
+        cfg, kind="gate_evaluation", run_dir=None, base=base, eval_set_hash=eval_set_hash,
+        stages={"gate": StageRecord(heldout=heldout_result, regression=regression)}, canary=canary,
+        adapter_dir=adapter_dir, device=device, seconds=time.perf_counter() - started,
+    )
 
 
-def tokenizer_identity(tokenizer) -> dict:
-    """Keys as in run.build_results, plus the chat template's hash (a new template changes every prompt)."""
-    template = tokenizer.chat_template or ""
-    return {"name": type(tokenizer).__name__, "vocab_size": len(tokenizer),
-            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()[:16]}
-
-
-def _reuse_mismatch(cfg: RunConfig, results: dict, eval_set_hash: str, adapter_sha: str) -> str | None:
+def _reuse_mismatch(cfg: RunConfig, results: RunResults, eval_set_hash: str, adapter_sha: str) -> str | None:
     """Why a candidate's own results.json cannot stand in for a fresh evaluation (None: it can)."""
-    if results.get("status") != "complete":
-        return f"status {results.get('status')!r}"
-    if results["eval_set"]["hash"] != eval_set_hash:
-        return f"eval set hash {results['eval_set']['hash']} != current {eval_set_hash}"
-    if results["adapter"]["hash"] != adapter_sha:
+    if results.status != "complete":
+        return f"status {results.status!r}"
+    if results.eval_set.hash != eval_set_hash:
+        return f"eval set hash {results.eval_set.hash} != current {eval_set_hash}"
+    if results.adapter.hash != adapter_sha:
         return "adapter hash differs from the adapter's files (adapter changed after the run)"
-    if results["model"]["hash"] != current_model_hash(cfg):
-        return f"base model hash {results['model']['hash']} != current {current_model_hash(cfg)}"
+    if results.model.hash != current_model_hash(cfg):
+        return f"base model hash {results.model.hash} != current {current_model_hash(cfg)}"
     wanted = {b.task for b in cfg.eval.regression} if cfg.run_regression else set()
-    have = set(results["stages"][results["final"]["stage"]]["regression"])
+    have = set(results.final_stage.regression)
     if not wanted <= have:
         return f"no regression scores for {', '.join(sorted(wanted - have))}"
     return None
@@ -317,63 +302,61 @@ def current_model_hash(cfg: RunConfig) -> str:
 
 
 def check(cfg: RunConfig, candidate: Path, baseline_path: Path, settings: GateSettings,
-          reevaluate: bool = False) -> tuple[GateReport, dict]:
+          reevaluate: bool = False) -> tuple[GateReport, RunResults]:
     """Gate `candidate` against the baseline: (report, the candidate's results record)."""
     from harness.evalset import verify_frozen
 
     # 1. Refuse cheap mismatches before loading any weights.
     baseline = load_baseline(baseline_path)
     locate_candidate(candidate)
-    _require_same("eval set hash", baseline["eval_set"]["hash"], verify_frozen(cfg.eval),
-                  f"eval set {baseline['eval_set']['name']!r}; pass the overrides the baseline was made with")
-    _require_same("base model hash", baseline["model"]["hash"], current_model_hash(cfg),
-                  f"baseline base model {baseline['model']['id']!r}")
+    _require_same("eval set hash", baseline.eval_set.hash, verify_frozen(cfg.eval),
+                  f"eval set {baseline.eval_set.name!r}; pass the overrides the baseline was made with")
+    _require_same("base model hash", baseline.model.hash, current_model_hash(cfg),
+                  f"baseline base model {baseline.model.id!r}")
 
     # 2. The candidate's results: reused when they match, else evaluated now.
     record, how = candidate_results(cfg, candidate, reevaluate)
 
     # 3. Every check on the same examples.
     report = compare(baseline, record, settings)
-    report.baseline["path"] = str(baseline_path)
-    report.candidate.update(path=str(candidate), results=how)
+    report.baseline.path = str(baseline_path)
+    report.candidate.path, report.candidate.origin = str(candidate), how
     return report, record
 
 
-def compare(baseline: dict, candidate: dict, settings: GateSettings) -> GateReport:
+def compare(baseline: GateBaseline, candidate: RunResults, settings: GateSettings) -> GateReport:
     """Decide every check for a candidate results record against a baseline record (no model needed)."""
     _require_comparable(baseline, candidate)
-    stage = candidate["stages"][candidate["final"]["stage"]]
-    base_rows, cand_rows = baseline["heldout"]["per_example"], stage["heldout"]["per_example"]
-    base_scores, cand_scores = [r["score"] for r in base_rows], [r["score"] for r in cand_rows]
+    stage = candidate.final_stage
+    base_rows, cand_rows = baseline.heldout.per_example, stage.heldout.per_example
+    base_scores, cand_scores = [r.score for r in base_rows], [r.score for r in cand_rows]
 
-    checks = [_min_score_check(baseline, cand_scores, stage["heldout"]),
-              _paired_check("heldout_vs_baseline", f"held-out vs baseline ({baseline['eval_set']['name']})",
+    checks = [_min_score_check(baseline, cand_scores, stage.heldout),
+              _paired_check("heldout_vs_baseline", f"held-out vs baseline ({baseline.eval_set.name})",
                             base_scores, cand_scores, settings.min_effect, settings)]
-    for task, base_task in baseline["regression"].items():
-        cand_task = stage["regression"][task]
-        metric = f" ({base_task['metric']})" if "metric" in base_task else ""
-        checks.append(_paired_check(f"regression/{task}", f"regression {task}{metric}",
-                                    base_task["per_example"], cand_task["per_example"],
-                                    base_task["max_regression"], settings))
+    for task, base_task in baseline.regression.items():
+        checks.append(_paired_check(f"regression/{task}", f"regression {task} ({base_task.metric})",
+                                    base_task.per_example, stage.regression[task].per_example,
+                                    base_task.max_regression, settings))
 
     notes = []
-    if candidate["adapter"]["hash"] == baseline["adapter"]["hash"]:
+    if candidate.adapter.hash == baseline.adapter.hash:
         notes.append("The candidate adapter is the baseline's adapter (same hash).")
-    for task in sorted(set(stage["regression"]) - set(baseline["regression"])):
+    for task in sorted(set(stage.regression) - set(baseline.regression)):
         notes.append(f"Regression task {task} is not in the baseline: scored, not gated.")
-    versions = candidate["metrics"]["library_versions"]
-    changed = sorted(k for k, v in baseline["library_versions"].items() if versions.get(k) != v)
+    versions = candidate.metrics.library_versions
+    changed = sorted(k for k, v in baseline.library_versions.items() if versions.get(k) != v)
     if changed:
         notes.append("Library versions differ from the baseline's: " + ", ".join(
-            f"{k} {baseline['library_versions'][k]} -> {versions.get(k)}" for k in changed))
+            f"{k} {baseline.library_versions[k]} -> {versions.get(k)}" for k in changed))
     worse = []
-    if baseline["heldout"]["outputs_kept"]:
-        changed_outputs = sum(b["output"] != c["output"] for b, c in zip(base_rows, cand_rows))
+    if baseline.heldout.outputs_kept:
+        changed_outputs = sum(b.output != c.output for b, c in zip(base_rows, cand_rows))
         notes.append(
             f"Held-out outputs that differ from the baseline's: {changed_outputs} of {len(base_rows)}.")
-        worse = [{"source": c["source"], "baseline_score": b["score"], "candidate_score": c["score"],
-                  "baseline_output": b["output"], "candidate_output": c["output"]}
-                 for b, c in zip(base_rows, cand_rows) if c["score"] < b["score"]]
+        worse = [WorseExample(source=c.source, baseline_score=b.score, candidate_score=c.score,
+                              baseline_output=b.output, candidate_output=c.output)
+                 for b, c in zip(base_rows, cand_rows) if c.score < b.score]
 
     failed = [c for c in checks if c.status == "fail"]
     warned = [c for c in checks if c.status == "warn"]
@@ -386,28 +369,25 @@ def compare(baseline: dict, candidate: dict, settings: GateSettings) -> GateRepo
             f" ({len(warned)} warning{'s' if len(warned) > 1 else ''}: {', '.join(c.name for c in warned)})"
             if warned else "")
     return GateReport(
-        verdict=verdict, reason=reason, checks=checks,
-        eval_set={k: baseline["eval_set"][k] for k in ("name", "hash", "n")},
-        model={k: baseline["model"][k] for k in ("id", "hash", "quantized", "compute_dtype")},
-        baseline={"adapter_hash": baseline["adapter"]["hash"], "created_from": baseline["created_from"],
-                  "created_at": baseline["created_at"]},
-        candidate={"adapter_hash": candidate["adapter"]["hash"],
-                   "adapter_path": candidate["adapter"]["path"]},
-        settings=asdict(settings), notes=notes, worse_examples=worse,
+        verdict=verdict, reason=reason, checks=checks, eval_set=baseline.eval_set, model=baseline.model,
+        baseline=GateSide(adapter_hash=baseline.adapter.hash,
+                          origin=f"{baseline.created_from} ({baseline.created_at})"),
+        candidate=GateSide(adapter_hash=candidate.adapter.hash, path=candidate.adapter.path),
+        settings=settings, notes=notes, worse_examples=worse,
     )
 
 
-def _min_score_check(baseline: dict, cand_scores: list[float], cand_heldout: dict) -> Check:
-    min_score, score = baseline["min_score"], cand_heldout["score"]
+def _min_score_check(baseline: GateBaseline, cand_scores: list[float], cand_heldout: HeldoutResult) -> Check:
+    min_score, score = baseline.min_score, cand_heldout.score
     passed = score >= min_score
     return Check(
         name="heldout_min_score", title="held-out score >= min_score",
         status="pass" if passed else "fail",
         message=(f"held-out score {score:.3f} {'>=' if passed else '<'} min_score {min_score:.3f} "
                  f"(n={len(cand_scores)})"),
-        baseline=baseline["heldout"]["score"], candidate=score, limit=f">= {min_score:.3f}",
-        delta=score - baseline["heldout"]["score"],
-        ci_low=cand_heldout["ci_low"], ci_high=cand_heldout["ci_high"],
+        baseline=baseline.heldout.score, candidate=score, limit=f">= {min_score:.3f}",
+        delta=score - baseline.heldout.score,
+        ci_low=cand_heldout.ci_low, ci_high=cand_heldout.ci_high,
         n=len(cand_scores),
     )
 
@@ -438,31 +418,29 @@ def _paired_check(name: str, title: str, base_scores: list[float], cand_scores: 
     )
 
 
-def _require_comparable(baseline: dict, candidate: dict) -> None:
+def _require_comparable(baseline: GateBaseline, candidate: RunResults) -> None:
     """Raise CannotCompareError unless both records score the same examples of one eval set on one base."""
-    if candidate.get("status") != "complete":
-        raise CannotCompareError(f"candidate results status is {candidate.get('status')!r}, not complete")
-    _require_same("eval set hash", baseline["eval_set"]["hash"], candidate["eval_set"]["hash"],
-                  f"eval set {baseline['eval_set']['name']!r}")
+    if candidate.status != "complete":
+        raise CannotCompareError(f"candidate results status is {candidate.status!r}, not complete")
+    _require_same("eval set hash", baseline.eval_set.hash, candidate.eval_set.hash,
+                  f"eval set {baseline.eval_set.name!r}")
     for key in ("hash", "quantized", "compute_dtype"):
-        _require_same(f"base model {key}", baseline["model"][key], candidate["model"][key],
-                      f"baseline model {baseline['model']['id']!r}")
-    for key in sorted(set(baseline["tokenizer"]) & set(candidate["tokenizer"])):
-        _require_same(f"tokenizer {key}", baseline["tokenizer"][key], candidate["tokenizer"][key], "")
-    stage = candidate["stages"][candidate["final"]["stage"]]
-    _require_same("held-out example count", len(baseline["heldout"]["per_example"]),
-                  len(stage["heldout"]["per_example"]), "")
-    for task, base_task in baseline["regression"].items():
-        if task not in stage["regression"]:
+        _require_same(f"base model {key}", getattr(baseline.model, key), getattr(candidate.model, key),
+                      f"baseline model {baseline.model.id!r}")
+    for key in ("name", "vocab_size", "chat_template_sha256"):
+        _require_same(f"tokenizer {key}", getattr(baseline.tokenizer, key), getattr(candidate.tokenizer, key), "")
+    stage = candidate.final_stage
+    _require_same("held-out example count", len(baseline.heldout.per_example), len(stage.heldout.per_example), "")
+    for task, base_task in baseline.regression.items():
+        if task not in stage.regression:
             raise CannotCompareError(
                 f"the baseline gates regression task {task!r} but the candidate has no score for it "
                 "(run_regression=false, or the task is missing from eval.regression?)")
-        cand_task = stage["regression"][task]
-        _require_same(f"regression {task} example count", len(base_task["per_example"]),
-                      len(cand_task["per_example"]), "check the task's limit")
-        for key in ("task_version", "metric"):
-            if key in base_task and key in cand_task:
-                _require_same(f"regression {task} {key}", base_task[key], cand_task[key], "")
+        cand_task = stage.regression[task]
+        _require_same(f"regression {task} example count", len(base_task.per_example),
+                      len(cand_task.per_example), "check the task's limit")
+        _require_same(f"regression {task} task_version", base_task.task_version, cand_task.task_version, "")
+        _require_same(f"regression {task} metric", base_task.metric, cand_task.metric, "")
 
 
 def _require_same(what: str, baseline_value, candidate_value, hint: str) -> None:
@@ -475,13 +453,13 @@ def _require_same(what: str, baseline_value, candidate_value, hint: str) -> None
 # Reports
 
 
-def write_reports(report: GateReport, out_dir: Path, candidate_record: dict | None = None) -> None:
+def write_reports(report: GateReport, out_dir: Path, candidate_record: RunResults | None = None) -> None:
     """junit.xml, summary.md, gate.json (and candidate_results.json), each written atomically."""
     if candidate_record is not None:
-        write_json_atomic(out_dir / "candidate_results.json", candidate_record)
+        write_record(out_dir / "candidate_results.json", candidate_record)
     write_text_atomic(out_dir / "junit.xml", junit_xml(report))
     write_text_atomic(out_dir / "summary.md", markdown_summary(report))
-    write_json_atomic(out_dir / "gate.json", {**asdict(report), "exit_code": report.exit_code})
+    write_json_atomic(out_dir / "gate.json", {**to_json(report), "exit_code": report.exit_code})
 
 
 def junit_xml(report: GateReport) -> str:
@@ -512,13 +490,10 @@ def markdown_summary(report: GateReport) -> str:
         return "\n".join(lines)
     eval_set, model = report.eval_set, report.model
     lines += [
-        f"Eval set `{eval_set['name']}` (hash `{eval_set['hash']}`, n={eval_set['n']}), base `{model['id']}` "
-        f"(hash `{model['hash']}`, {'NF4' if model['quantized'] else 'unquantized'}, "
-        f"{model['compute_dtype']}).",
-        f"Candidate adapter `{report.candidate['adapter_hash'][:12]}`: "
-        f"{_md(report.candidate.get('results', ''))}. "
-        f"Baseline adapter `{report.baseline['adapter_hash'][:12]}` from "
-        f"`{_md(report.baseline['created_from'])}` ({report.baseline['created_at']}).",
+        f"Eval set `{_md(eval_set.name)}` (hash `{eval_set.hash}`, n={eval_set.n}), base `{_md(model.id)}` "
+        f"(hash `{model.hash}`, {'NF4' if model.quantized else 'unquantized'}, {model.compute_dtype}).",
+        f"Candidate adapter `{report.candidate.adapter_hash[:12]}`: {_md(report.candidate.origin)}. "
+        f"Baseline adapter `{report.baseline.adapter_hash[:12]}` from {_md(report.baseline.origin)}.",
         "",
         "| check | baseline | candidate | delta | interval | limit | result |",
         "|---|---|---|---|---|---|---|",
@@ -533,8 +508,8 @@ def markdown_summary(report: GateReport) -> str:
         lines.append(f"| {_md(c.title)} | {c.baseline:.3f} | {c.candidate:.3f} | {delta} | {interval} | "
                      f"{_md(c.limit)} | {result} |")
     lines += ["", f"Paired tests on the same examples (McNemar for 0/1 scores, paired bootstrap otherwise), "
-                  f"alpha {report.settings['alpha']:g} per check; a held-out drop fails only beyond "
-                  f"{report.settings['min_effect']:.3f} and a regression drop only beyond its limit."]
+                  f"alpha {report.settings.alpha:g} per check; a held-out drop fails only beyond "
+                  f"{report.settings.min_effect:.3f} and a regression drop only beyond its limit."]
     lines += [f"- {_md(note)}" for note in report.notes]
     if report.worse_examples:
         shown = report.worse_examples[:MAX_WORSE_EXAMPLES_SHOWN]
@@ -542,8 +517,8 @@ def markdown_summary(report: GateReport) -> str:
                       f"{len(report.worse_examples)} (first {len(shown)})</summary>", "",
                   "| example | baseline output (score) | candidate output (score) |", "|---|---|---|"]
         for row in shown:
-            lines.append(f"| {_md(row['source'])} | {_md(row['baseline_output'])} ({row['baseline_score']:g})"
-                         f" | {_md(row['candidate_output'])} ({row['candidate_score']:g}) |")
+            lines.append(f"| {_md(row.source)} | {_md(row.baseline_output)} ({row.baseline_score:g})"
+                         f" | {_md(row.candidate_output)} ({row.candidate_score:g}) |")
         lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 
@@ -586,8 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _compose(args.overrides)
         if args.command == "evaluate":
             record, how = candidate_results(cfg, args.candidate, args.reevaluate)
-            write_json_atomic(args.out / "candidate_results.json", record)
-            print(f"{how}: held-out {record['final']['heldout']['score']:.3f} "
+            write_record(args.out / "candidate_results.json", record)
+            print(f"{how}: held-out {record.final.heldout.score:.3f} "
                   f"-> {args.out / 'candidate_results.json'}")
             return 0
         report, record = check(cfg, args.candidate, args.baseline, settings, args.reevaluate)
@@ -599,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     print(report.reason)
     if report.candidate:
-        print(f"candidate {report.candidate['path']}: {report.candidate['results']}")
+        print(f"candidate {report.candidate.path}: {report.candidate.origin}")
     for c in report.checks:
         print(f"  {c.status.upper():<5} {c.name}: {c.message}")
     write_reports(report, args.out, record)
@@ -610,14 +585,14 @@ def main(argv: list[str] | None = None) -> int:
 def _baseline_command(source: Path, out: Path) -> int:
     try:
         results_path = results_path_of(source)
-        baseline = make_baseline(_read_json(results_path), str(results_path))
+        baseline = make_baseline(read_results(results_path), str(results_path))
     except CannotCompareError as err:
         print(f"CANNOT WRITE BASELINE: {_one_line(err)}")
         return 2
-    write_json_atomic(out, baseline)
-    print(f"baseline {out}: eval set {baseline['eval_set']['name']} ({baseline['eval_set']['hash']}), "
-          f"held-out {baseline['heldout']['score']:.3f} (n={baseline['heldout']['n']}), min_score "
-          f"{baseline['min_score']}, regression tasks: {', '.join(baseline['regression']) or 'none'}")
+    write_record(out, baseline)
+    print(f"baseline {out}: eval set {baseline.eval_set.name} ({baseline.eval_set.hash}), "
+          f"held-out {baseline.heldout.score:.3f} (n={baseline.heldout.n}), min_score "
+          f"{baseline.min_score}, regression tasks: {', '.join(baseline.regression) or 'none'}")
     return 0
 
 
@@ -629,21 +604,6 @@ def _compose(overrides: list[str]) -> RunConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base=None):
         return to_run_config(compose("config", overrides=overrides))
-
-
-def _config_container(cfg: RunConfig) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.structured(cfg))
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CannotCompareError(f"{path} not found") from None
-    except json.JSONDecodeError as err:
-        raise CannotCompareError(f"{path}: not valid JSON ({err})") from None
 
 
 def _one_line(err: BaseException) -> str:

@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 
 from harness.config import LeakageConfig
 from harness.data import DataError
+from harness.records import LeakageReport
 
 
 class LeakageError(DataError):
     """Too many held-out prompts overlap with training prompts."""
-
-
-@dataclass
-class LeakageReport:
-    n_train: int
-    n_heldout: int
-    exact_overlaps: int
-    ngram_overlaps: int  # held-out prompts sharing a non-template n-gram with some training prompt
-    ngram: int
-    overlap_fraction: float
-    examples: list[dict] = field(default_factory=list)  # the overlapping held-out prompts and a training match
 
 
 def normalise(text: str) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +28,10 @@ from lm_eval.tasks import TaskManager
 from lm_eval.tasks._index import Kind
 from lm_eval.tasks._yaml_loader import load_yaml
 
+from harness.records import RegressionScore
+
 REGRESSION_TASKS_DIR = Path(__file__).resolve().parent.parent / "evals" / "regression"
 _LM_EVAL_TASKS_DIR = Path(lm_eval.__file__).resolve().parent / "tasks"
-
-
-@dataclass
-class RegressionScore:
-    """One task's primary metric for one model, with what a paired comparison needs."""
-
-    task: str
-    metric: str
-    """Primary metric: `acc` for multiple-choice tasks, the task's first metric otherwise."""
-    score: float
-    stderr: float
-    """Standard error as lm-eval reports it; NaN when lm-eval computed none."""
-    n: int
-    """Number of docs scored (after `limit`)."""
-    per_example: list[float]
-    """The metric for each doc, in doc_id order; its mean is `score`."""
-    task_version: str
-    """The task YAML's `metadata.version`; scores are only comparable at equal versions."""
 
 
 def run_regression(
@@ -97,22 +80,22 @@ def run_regression(
     return {task: _regression_score(results, task) for task in results["samples"]}
 
 
-def score_regression(model, tokenizer, eval_cfg) -> dict[str, dict]:
-    """The eval set's regression benchmarks (each with its own `limit`) as plain dicts for results records.
+def score_regression(model, tokenizer, eval_cfg) -> dict[str, RegressionScore]:
+    """The eval set's regression benchmarks, each with its own `limit` and the batch size recorded.
 
     On CPU the NF4 weights are dequantized once for the whole evaluation (see model.fast_cpu_inference).
     """
     from harness.model import fast_cpu_inference
 
-    scores: dict[str, dict] = {}
+    scores: dict[str, RegressionScore] = {}
     with fast_cpu_inference(model):
         for benchmark in eval_cfg.regression:
             results = run_regression(
                 model, tokenizer, [benchmark.task], batch_size=eval_cfg.regression_batch_size, limit=benchmark.limit
             )
             for task, score in results.items():
-                scores[task] = {**asdict(score), "batch_size": eval_cfg.regression_batch_size,
-                                "limit": benchmark.limit}
+                score.batch_size, score.limit = eval_cfg.regression_batch_size, benchmark.limit
+                scores[task] = score
     return scores
 
 

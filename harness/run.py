@@ -11,9 +11,11 @@ unfinished run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -29,6 +31,7 @@ from harness.artifacts import (
 from harness.baselines import get_baselines
 from harness.config import RunConfig
 from harness.data import (
+    PreferenceData,
     SFTData,
     TokenizedExample,
     check_chat_template,
@@ -37,11 +40,37 @@ from harness.data import (
     render_loss_sample,
     tokenize_sft,
 )
+from harness.dpo import train_dpo
 from harness.evalset import verify_frozen
 from harness.evaluate import HeldoutExample, check_adapter_active, evaluate_heldout, load_heldout
 from harness.leakage import LeakageReport, check_leakage
-from harness.model import BaseModel, adapter_hash, attach_lora, load_base_model, load_tokenizer, resolve_device
-from harness.dpo import train_dpo
+from harness.model import (
+    BaseModel,
+    adapter_hash,
+    attach_lora,
+    load_base_model,
+    load_tokenizer,
+    resolve_device,
+)
+from harness.records import (
+    AdapterIdentity,
+    BaselineScores,
+    CanaryResult,
+    DataCard,
+    DpoReference,
+    EvalSetIdentity,
+    FinalScores,
+    ModelIdentity,
+    RegressionDelta,
+    RegressionScore,
+    RunMetrics,
+    RunResults,
+    StageRecord,
+    TokenizerIdentity,
+    TrainingStats,
+    to_json,
+    write_record,
+)
 from harness.train import StageResult, peak_memory_mb, train_sft
 
 log = logging.getLogger(__name__)
@@ -58,7 +87,7 @@ class PreparedInputs:
     leakage: LeakageReport
     chat_template_sample: str
     tokenizer: object
-    extras: dict = field(default_factory=dict)  # later stages' validated inputs (e.g. preference data)
+    preference: PreferenceData | None = None  # DPO's validated preference pairs
 
 
 def prepare_inputs(cfg: RunConfig) -> PreparedInputs:
@@ -83,18 +112,12 @@ def prepare_inputs(cfg: RunConfig) -> PreparedInputs:
     train_prompts += [(p.source, _prompt_text(p.prompt_messages)) for p in (preference.pairs if preference else [])]
     heldout_prompts = [(e.source, _prompt_text(e.messages)) for e in heldout]
     leakage = check_leakage(train_prompts, heldout_prompts, cfg.eval.leakage)
-    extras = {}
-    if preference:
-        extras["preference"] = preference
-        extras["data"] = {"preference_file": preference.path, "preference_rows": preference.rows_read,
-                          "preference_pairs": len(preference.pairs),
-                          "preference_duplicates_removed": preference.duplicates_removed}
-    return PreparedInputs(eval_set_hash, heldout, sft, sft_examples, leakage, sample, tokenizer, extras)
+    return PreparedInputs(eval_set_hash, heldout, sft, sft_examples, leakage, sample, tokenizer, preference)
 
 
 def run_experiment(
     cfg: RunConfig, run_dir: Path, inputs: PreparedInputs | None = None, callbacks=None, progress: bool = True
-) -> dict:
+) -> RunResults:
     """Train and score one configuration; `progress=False` silences per-step output (sweeps print one line)."""
     started = time.perf_counter()
     inputs = inputs or prepare_inputs(cfg)
@@ -115,7 +138,7 @@ def run_experiment(
 
     # 5. Attach a fresh LoRA adapter and train each stage, scoring after each.
     model = attach_lora(base.model, cfg.lora)
-    stages: dict[str, dict] = {}
+    stages: dict[str, StageRecord] = {}
     loss_log: list[dict] = []
     if "sft" in cfg.train.stages:
         sft_result = train_sft(
@@ -130,35 +153,35 @@ def run_experiment(
         # otherwise the base model.
         reference_adapter = _save_adapter(model, run_dir, "adapter_sft") if "sft" in cfg.train.stages else None
         dpo_result = train_dpo(
-            model, base.tokenizer, inputs.extras["preference"].pairs, cfg.train.dpo, run_dir,
+            model, base.tokenizer, inputs.preference.pairs, cfg.train.dpo, run_dir,
             seed=cfg.seed, device=device, compute_dtype=base.compute_dtype,
             gradient_checkpointing=gradient_checkpointing, reference_adapter=reference_adapter,
             previous_loss_log=loss_log, callbacks=callbacks, progress=progress,
         )
         loss_log += dpo_result.loss_log
         stages["dpo"] = _score_stage(model, base, cfg, inputs.heldout, dpo_result, run_dir)
-        stages["dpo"]["reference"] = {
-            "policy": "sft" if reference_adapter else "base",
-            "adapter": str(reference_adapter) if reference_adapter else None,
-            "adapter_hash": adapter_hash(reference_adapter) if reference_adapter else None,
-        }
+        stages["dpo"].reference = DpoReference(
+            policy="sft" if reference_adapter else "base",
+            adapter=str(reference_adapter) if reference_adapter else None,
+            adapter_hash=adapter_hash(reference_adapter) if reference_adapter else None,
+        )
 
     # 6. Prove the adapter is active, save it, write the results record last.
     canary = check_adapter_active(model, base.tokenizer, inputs.heldout[: cfg.eval.canary_examples])
     adapter_dir = _save_adapter(model, run_dir)
-    final_stage = cfg.train.stages[-1]
     results = build_results(
-        cfg, run_dir, base, inputs, baselines, stages, final_stage, asdict(canary), adapter_dir, device,
-        time.perf_counter() - started,
+        cfg, kind="run", run_dir=run_dir, base=base, eval_set_hash=inputs.eval_set_hash, stages=stages,
+        canary=canary, adapter_dir=adapter_dir, device=device, seconds=time.perf_counter() - started,
+        data=data_card(inputs), baselines=baselines,
     )
-    write_json_atomic(run_dir / "metrics.json", results["metrics"])
-    write_json_atomic(run_dir / "results.json", results)
+    write_json_atomic(run_dir / "metrics.json", to_json(results.metrics))
+    write_record(run_dir / "results.json", results)
     return results
 
 
-def _score_stage(model, base: BaseModel, cfg: RunConfig, heldout, stage_result: StageResult, run_dir: Path) -> dict:
+def _score_stage(model, base: BaseModel, cfg: RunConfig, heldout, stage_result: StageResult, run_dir: Path) -> StageRecord:
     heldout_result = evaluate_heldout(model, base.tokenizer, cfg.eval, heldout)
-    write_jsonl_atomic(run_dir / f"samples_{stage_result.stage}.jsonl", heldout_result.per_example)
+    write_jsonl_atomic(run_dir / f"samples_{stage_result.stage}.jsonl", [to_json(r) for r in heldout_result.per_example])
     regression = {}
     if cfg.run_regression and cfg.eval.regression:
         from harness.regression import score_regression
@@ -168,8 +191,11 @@ def _score_stage(model, base: BaseModel, cfg: RunConfig, heldout, stage_result: 
         "after %s: held-out %.3f [%.3f, %.3f] (n=%d)",
         stage_result.stage, heldout_result.score, heldout_result.ci_low, heldout_result.ci_high, heldout_result.n,
     )
-    train = {k: v for k, v in asdict(stage_result).items() if k != "loss_log"}
-    return {"train": train, "heldout": heldout_result.to_dict(), "regression": regression}
+    return StageRecord(heldout=heldout_result, regression=regression, train=training_stats(stage_result))
+
+
+def training_stats(stage_result: StageResult) -> TrainingStats:
+    return TrainingStats(**{f.name: getattr(stage_result, f.name) for f in fields(TrainingStats)})
 
 
 def _save_adapter(model, run_dir: Path, name: str = "adapter") -> Path:
@@ -181,108 +207,126 @@ def _save_adapter(model, run_dir: Path, name: str = "adapter") -> Path:
     return final
 
 
-def build_results(cfg, run_dir, base, inputs, baselines, stages, final_stage, canary, adapter_dir, device,
-                  seconds) -> dict:
+def build_results(
+    cfg: RunConfig, *, kind: str, run_dir: Path | None, base: BaseModel, eval_set_hash: str,
+    stages: dict[str, StageRecord], canary: CanaryResult, adapter_dir: Path, device: str, seconds: float,
+    data: DataCard | None = None, baselines: BaselineScores | None = None,
+) -> RunResults:
+    """The results record of an evaluated adapter: the one builder for runs, sweep trials and gate evaluations."""
+    final_stage = list(stages)[-1]
     final = stages[final_stage]
-    final_heldout = final["heldout"]
-    regression_delta = regression_deltas(baselines.get("regression", {}), final["regression"], cfg)
-    prompt_baseline = baselines.get("prompt_baseline")
-    stage_metrics = {name: stage["train"] for name, stage in stages.items()}
-    metrics = {
-        "train_runtime_s": sum(m["train_runtime_s"] for m in stage_metrics.values()),
-        "tokens_per_s": {name: m["tokens_per_s"] for name, m in stage_metrics.items()},
-        "peak_memory_mb": peak_memory_mb(device),
-        "device": device,
-        "compute_dtype": str(base.compute_dtype),
-        "library_versions": library_versions(),
-        "seed": cfg.seed,
-        "git_revision": git_revision(),
-        "wall_time_s": seconds,
-        "stages": stage_metrics,
-    }
-    return {
-        "status": "complete",
-        "run_dir": str(run_dir),
-        "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
-        "eval_set": {"name": cfg.eval.name, "hash": inputs.eval_set_hash, "n": len(inputs.heldout),
-                     "min_score": cfg.eval.min_score},
-        "model": {"id": base.model_id, "hash": base.model_hash, "quantized": base.quantized,
-                  "compute_dtype": str(base.compute_dtype)},
-        "tokenizer": {"name": type(inputs.tokenizer).__name__, "vocab_size": len(inputs.tokenizer)},
-        "adapter": {"path": str(adapter_dir), "hash": adapter_hash(adapter_dir), "r": cfg.lora.r,
-                    "alpha": cfg.lora.alpha, "target_modules": list(cfg.lora.target_modules)},
-        "data": {
-            "sft_file": inputs.sft.path if inputs.sft else None,
-            "sft_rows": inputs.sft.rows_read if inputs.sft else 0,
-            "sft_examples": len(inputs.sft_examples),
-            "sft_truncated": sum(e.truncated for e in inputs.sft_examples),
-            "duplicates_removed": inputs.sft.duplicates_removed if inputs.sft else 0,
-            "leakage": asdict(inputs.leakage),
-            "chat_template_sample": inputs.chat_template_sample,
-            **inputs.extras.get("data", {}),
-        },
-        "baselines": {
-            "key": baselines["key"],
-            "cached": baselines["cached"],
-            "zero_shot": baselines["zero_shot"],
-            "prompt_baseline": prompt_baseline,
-            "prompting_meets_min_score": bool(prompt_baseline and prompt_baseline["score"] >= cfg.eval.min_score),
-            "regression": baselines.get("regression", {}),
-        },
-        "stages": stages,
-        "final": {
-            "stage": final_stage,
-            "heldout": {k: final_heldout[k] for k in ("score", "stderr", "ci_low", "ci_high", "n")},
-            "meets_min_score": final_heldout["score"] >= cfg.eval.min_score,
-            "regression": {task: {k: v for k, v in r.items() if k != "per_example"}
-                           for task, r in final["regression"].items()},
-            "regression_delta": regression_delta,
-            "worst_regression": max((-d["delta"] for d in regression_delta.values()), default=0.0),
-            "regression_ok": all(d["ok"] for d in regression_delta.values()),
-        },
-        "canary": canary,
-        "metrics": metrics,
-    }
+    regression_delta = regression_deltas(baselines.regression if baselines else {}, final.regression, cfg)
+    trained = {name: stage.train for name, stage in stages.items() if stage.train is not None}
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    return RunResults(
+        status="complete",
+        kind=kind,
+        run_dir=str(run_dir) if run_dir is not None else None,
+        config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+        eval_set=EvalSetIdentity(name=cfg.eval.name, hash=eval_set_hash, n=final.heldout.n,
+                                 min_score=cfg.eval.min_score),
+        model=ModelIdentity(id=base.model_id, hash=base.model_hash, quantized=base.quantized,
+                            compute_dtype=str(base.compute_dtype)),
+        tokenizer=tokenizer_identity(base.tokenizer),
+        adapter=AdapterIdentity(path=str(adapter_dir), hash=adapter_hash(adapter_dir), r=adapter_config["r"],
+                                alpha=float(adapter_config["lora_alpha"]),
+                                target_modules=_target_modules(adapter_config["target_modules"])),
+        data=data,
+        baselines=baselines,
+        stages=stages,
+        final=FinalScores(
+            stage=final_stage,
+            heldout=final.heldout.summary(),
+            meets_min_score=final.heldout.score >= cfg.eval.min_score,
+            regression={task: r.summary() for task, r in final.regression.items()},
+            regression_delta=regression_delta,
+            worst_regression=max((-d.delta for d in regression_delta.values()), default=0.0),
+            regression_ok=all(d.ok for d in regression_delta.values()),
+        ),
+        canary=canary,
+        metrics=RunMetrics(
+            train_runtime_s=sum(m.train_runtime_s for m in trained.values()),
+            tokens_per_s={name: m.tokens_per_s for name, m in trained.items()},
+            peak_memory_mb=peak_memory_mb(device),
+            device=device,
+            compute_dtype=str(base.compute_dtype),
+            library_versions=library_versions(),
+            seed=cfg.seed,
+            git_revision=git_revision(),
+            wall_time_s=seconds,
+            stages=trained,
+        ),
+    )
 
 
-def regression_deltas(base_scores: dict, adapter_scores: dict, cfg: RunConfig) -> dict:
+def data_card(inputs: PreparedInputs) -> DataCard:
+    preference = inputs.preference
+    return DataCard(
+        sft_file=inputs.sft.path if inputs.sft else None,
+        sft_rows=inputs.sft.rows_read if inputs.sft else 0,
+        sft_examples=len(inputs.sft_examples),
+        sft_truncated=sum(e.truncated for e in inputs.sft_examples),
+        duplicates_removed=inputs.sft.duplicates_removed if inputs.sft else 0,
+        leakage=inputs.leakage,
+        chat_template_sample=inputs.chat_template_sample,
+        preference_file=preference.path if preference else None,
+        preference_rows=preference.rows_read if preference else None,
+        preference_pairs=len(preference.pairs) if preference else None,
+        preference_duplicates_removed=preference.duplicates_removed if preference else None,
+    )
+
+
+def tokenizer_identity(tokenizer) -> TokenizerIdentity:
+    template = tokenizer.chat_template or ""
+    return TokenizerIdentity(name=type(tokenizer).__name__, vocab_size=len(tokenizer),
+                             chat_template_sha256=hashlib.sha256(template.encode()).hexdigest()[:16])
+
+
+def _target_modules(targets) -> list[str] | str:
+    # PEFT saves target_modules as a set-turned-list in arbitrary order, or as one string ("all-linear").
+    return sorted(targets) if isinstance(targets, list) else targets
+
+
+def regression_deltas(base_scores: dict[str, RegressionScore], adapter_scores: dict[str, RegressionScore],
+                      cfg: RunConfig) -> dict[str, RegressionDelta]:
     """Per benchmark: adapter - base, and whether the drop stays within its max_regression."""
     limits = {b.task: b.max_regression for b in cfg.eval.regression}
     deltas = {}
     for task, adapter in adapter_scores.items():
         if task not in base_scores:
             continue
-        delta = adapter["score"] - base_scores[task]["score"]
-        deltas[task] = {"base": base_scores[task]["score"], "adapter": adapter["score"], "delta": delta,
-                        "max_regression": limits.get(task, 0.0), "ok": -delta <= limits.get(task, 0.0)}
+        delta = adapter.score - base_scores[task].score
+        limit = limits.get(task, 0.0)
+        deltas[task] = RegressionDelta(base=base_scores[task].score, adapter=adapter.score, delta=delta,
+                                       max_regression=limit, ok=-delta <= limit)
     return deltas
 
 
-def summary_table(results: dict) -> str:
+def summary_table(results: RunResults) -> str:
     """The short table `python -m harness` prints at the end of a run."""
-    def fmt(result: dict | None) -> str:
+    def fmt(result) -> str:
         if not result:
             return "-"
-        return f"{result['score']:.3f} [{result['ci_low']:.3f}, {result['ci_high']:.3f}]"
+        return f"{result.score:.3f} [{result.ci_low:.3f}, {result.ci_high:.3f}]"
 
-    base = results["baselines"]
+    base, eval_set = results.baselines, results.eval_set
     lines = [
-        f"eval set {results['eval_set']['name']} (hash {results['eval_set']['hash']}, n={results['eval_set']['n']}, "
-        f"min_score {results['eval_set']['min_score']}), base {results['model']['id']}",
+        f"eval set {eval_set.name} (hash {eval_set.hash}, n={eval_set.n}, "
+        f"min_score {eval_set.min_score}), base {results.model.id}",
         f"{'model':<34}{'held-out score [95% CI]':<28}",
-        f"{'base zero-shot' + (' (cached)' if base['cached'] else ''):<34}{fmt(base['zero_shot']):<28}",
-        f"{'base + prompt baseline':<34}{fmt(base['prompt_baseline']):<28}",
+        f"{'base zero-shot' + (' (cached)' if base.cached else ''):<34}{fmt(base.zero_shot):<28}",
+        f"{'base + prompt baseline':<34}{fmt(base.prompt_baseline):<28}",
     ]
-    for name, stage in results["stages"].items():
-        lines.append(f"{'adapter after ' + name:<34}{fmt(stage['heldout']):<28}")
-    for task, delta in results["final"]["regression_delta"].items():
-        lines.append(f"regression {task}: base {delta['base']:.3f} -> adapter {delta['adapter']:.3f} "
-                     f"(delta {delta['delta']:+.3f}, limit -{delta['max_regression']:.3f}: "
-                     f"{'ok' if delta['ok'] else 'REGRESSED'})")
-    verdict = "meets" if results["final"]["meets_min_score"] else "does NOT meet"
+    for name, stage in results.stages.items():
+        lines.append(f"{'adapter after ' + name:<34}{fmt(stage.heldout):<28}")
+    for task, delta in results.final.regression_delta.items():
+        lines.append(f"regression {task}: base {delta.base:.3f} -> adapter {delta.adapter:.3f} "
+                     f"(delta {delta.delta:+.3f}, limit -{delta.max_regression:.3f}: "
+                     f"{'ok' if delta.ok else 'REGRESSED'})")
+    verdict = "meets" if results.final.meets_min_score else "does NOT meet"
     lines.append(f"adapter {verdict} min_score; prompting alone "
-                 f"{'meets' if base['prompting_meets_min_score'] else 'does not meet'} it. "
-                 f"Adapter: {results['adapter']['path']}")
+                 f"{'meets' if base.prompting_meets_min_score else 'does not meet'} it. "
+                 f"Adapter: {results.adapter.path}")
     return "\n".join(lines)
 
 

@@ -43,9 +43,21 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from harness.artifacts import write_json_atomic, write_text_atomic
+from harness.artifacts import write_text_atomic
 from harness.config import RunConfig, SearchSpace, SweepConfig
 from harness.evaluate import evaluate_heldout
+from harness.records import (
+    BestTrial,
+    EvalSetIdentity,
+    IntermediateScore,
+    ModelIdentity,
+    RunResults,
+    SweepRecord,
+    TrialRecord,
+    read_record,
+    write_record,
+)
+from harness.selection import rank_key
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -196,7 +208,7 @@ class _PruningCallback(_TrialSteps):
         score = evaluate_heldout(model, self.tokenizer, self.eval_cfg, self.examples).score
         model.train()
         step = self.trial_step(state)
-        self.record.append({"step": step, "score": score})
+        self.record.append(IntermediateScore(step=step, score=score))
         self.trial.report(score, step)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"held-out subset score {score:.3f} at step {step}")
@@ -212,19 +224,17 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
     retry_of = trial.user_attrs.get("retry_of")
     for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "trial_dir": str(trial_dir)}.items():
         trial.set_user_attr(key, value)
-    record = {
-        "number": trial.number, "state": "RUNNING", "params": params, "fail_reason": None, "intermediate": [],
-        "values": None, "feasible": None, "duration_s": None, "started_at": _now(), "finished_at": None,
-        "retry_of": retry_of, "command": trial_command(params), "host": socket.gethostname(), "pid": os.getpid(),
-        "trial_dir": str(trial_dir),
-    }
-    write_json_atomic(trial_dir / "trial.json", record)
+    record = TrialRecord(
+        number=trial.number, state="RUNNING", params=params, command=trial_command(params),
+        trial_dir=str(trial_dir), host=socket.gethostname(), pid=os.getpid(), started_at=_now(), retry_of=retry_of,
+    )
+    write_record(trial_dir / "trial.json", record)
     started = time.perf_counter()
     callbacks = [tracker.trial_callback(trial.number, params)]
     if sweep.pruner != "none":
         subset = inputs.heldout[: sweep.prune_eval_examples]
         callbacks.append(_PruningCallback(trial, inputs.tokenizer, cfg.eval, subset,
-                                          sweep.prune_every_steps, record["intermediate"]))
+                                          sweep.prune_every_steps, record.intermediate))
     state, values, reason = TrialState.FAIL, None, None
     heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
     try:
@@ -232,10 +242,10 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
         with heartbeat:
             results = run_experiment(trial_cfg, trial_dir, inputs, callbacks=callbacks, progress=False)
         values = _objective_values(results, sweep.objective)
-        constraints = [d["delta"] * -1 - d["max_regression"] for d in results["final"]["regression_delta"].values()]
+        constraints = [-d.delta - d.max_regression for d in results.final.regression_delta.values()]
         trial.set_user_attr("constraints", constraints)
-        trial.set_user_attr("heldout_score", results["final"]["heldout"]["score"])
-        record["feasible"] = all(c <= 0 for c in constraints)
+        trial.set_user_attr("heldout_score", results.final.heldout.score)
+        record.feasible = all(c <= 0 for c in constraints)
         state = TrialState.COMPLETE
     except optuna.TrialPruned as pruned:
         state, reason = TrialState.PRUNED, str(pruned)
@@ -245,13 +255,13 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
     if reason:
         trial.set_user_attr("fail_reason", reason)
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
-    record.update(state=state.name, values=values, fail_reason=reason, finished_at=_now(),
-                  duration_s=time.perf_counter() - started)
-    write_json_atomic(trial_dir / "trial.json", record)
+    record.state, record.values, record.fail_reason = state.name, values, reason
+    record.finished_at, record.duration_s = _now(), time.perf_counter() - started
+    write_record(trial_dir / "trial.json", record)
     tracker.end_trial(state.name, values)
     scores = " ".join(f"{v:.3f}" for v in values) if values else "-"
     tqdm.write(f"trial {trial.number:3d} {state.name:<8} {json.dumps(params)} score {scores} "
-               f"{record['duration_s']:.0f}s{' - ' + reason if reason else ''}")
+               f"{record.duration_s:.0f}s{' - ' + reason if reason else ''}")
 
 
 def _suggest(trial, space: dict[str, list], sampler: str) -> dict:
@@ -266,10 +276,10 @@ def _suggest(trial, space: dict[str, list], sampler: str) -> dict:
     return params
 
 
-def _objective_values(results: dict, objective: str) -> list[float]:
-    heldout = results["final"]["heldout"]["score"]
+def _objective_values(results: RunResults, objective: str) -> list[float]:
+    heldout = results.final.heldout.score
     if objective == "multi":
-        return [heldout, results["final"]["worst_regression"]]
+        return [heldout, results.final.worst_regression]
     return [heldout]
 
 
@@ -416,13 +426,13 @@ def _recover_dead_trials(study) -> None:
                         trial.number, pid)
 
 
-def _update_trial_json(trial, **changes) -> None:
+def _update_trial_json(trial, state: str, fail_reason: str) -> None:
     trial_dir = trial.user_attrs.get("trial_dir")
     path = Path(trial_dir) / "trial.json" if trial_dir else None
     if path and path.is_file():
-        record = json.loads(path.read_text(encoding="utf-8"))
-        record.update(changes, finished_at=_now())
-        write_json_atomic(path, record)
+        record = read_record(TrialRecord, path)
+        record.state, record.fail_reason, record.finished_at = state, fail_reason, _now()
+        write_record(path, record)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -481,32 +491,33 @@ def _advisory_lock(engine, key: str):
 # Summary, best adapter, trials table
 
 
-def _write_sweep_json(cfg, sweep_dir, storage_url, space, eval_set_hash, n_trials, started_at, **extra) -> None:
+def _write_sweep_json(cfg, sweep_dir, storage_url, space, eval_set_hash, n_trials, started_at,
+                      finished_at=None, wall_time_s=None, model=None, eval_set=None) -> None:
     from omegaconf import OmegaConf
 
     sweep = cfg.sweep
     path = sweep_dir / "sweep.json"
-    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    record = {
-        "name": sweep.name,
-        "question": sweep.question,
-        "command": " ".join(["python -m harness", *sys.argv[1:]]),
-        "storage": storage_url,
-        "sampler": sweep.sampler,
-        "pruner": sweep.pruner,
-        "objective": sweep.objective,
-        "n_trials": n_trials,
-        "space": space,
-        "eval_set": {"name": cfg.eval.name, "hash": eval_set_hash, "n": None, "min_score": cfg.eval.min_score},
-        "model": {"id": cfg.model.name_or_path, "hash": None, "quantized": cfg.quant.method == "nf4"},
-        "price_per_gpu_hour": sweep.price_per_gpu_hour,
-        "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
-        "started_at": previous.get("started_at", started_at),
-        "finished_at": None,
-        "wall_time_s": None,
-    }
-    record.update(extra)
-    write_json_atomic(path, record)
+    previous = read_record(SweepRecord, path) if path.is_file() else None
+    record = SweepRecord(
+        name=sweep.name,
+        question=sweep.question,
+        command=" ".join(["python -m harness", *sys.argv[1:]]),
+        storage=storage_url,
+        sampler=sweep.sampler,
+        pruner=sweep.pruner,
+        objective=sweep.objective,
+        n_trials=n_trials,
+        space=space,
+        eval_set=eval_set or EvalSetIdentity(name=cfg.eval.name, hash=eval_set_hash, n=None,
+                                             min_score=cfg.eval.min_score),
+        model=model or ModelIdentity(id=cfg.model.name_or_path, hash=None, quantized=cfg.quant.method == "nf4"),
+        price_per_gpu_hour=sweep.price_per_gpu_hour,
+        config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+        started_at=previous.started_at if previous else started_at,
+        finished_at=finished_at,
+        wall_time_s=wall_time_s,
+    )
+    write_record(path, record)
 
 
 def _finish(cfg, study, sweep_dir, storage_url, space, eval_set_hash, n_trials, started) -> SweepSummary:
@@ -515,29 +526,30 @@ def _finish(cfg, study, sweep_dir, storage_url, space, eval_set_hash, n_trials, 
     for trial in sorted(trials, key=lambda t: t.number):
         trial_json = Path(trial.user_attrs.get("trial_dir", "")) / "trial.json"
         if trial_json.is_file():
-            records.append(json.loads(trial_json.read_text(encoding="utf-8")))
-    best = _best_trial(records, sweep_dir)
-    model_info = {}
+            records.append(read_record(TrialRecord, trial_json))
+    best = best_trial(records)
+    identities = {}
     if best:
-        results = json.loads((Path(best["trial_dir"]) / "results.json").read_text(encoding="utf-8"))
-        model_info = {"model": {k: results["model"][k] for k in ("id", "hash", "quantized")},
-                      "eval_set": results["eval_set"]}
-        write_json_atomic(sweep_dir / "best.json", best)
+        results = read_record(RunResults, Path(best.trial_dir) / "results.json")
+        identities = {"model": ModelIdentity(id=results.model.id, hash=results.model.hash,
+                                             quantized=results.model.quantized),
+                      "eval_set": results.eval_set}
+        write_record(sweep_dir / "best.json", best)
         link = sweep_dir / "best"
         if link.is_symlink() or link.exists():
             link.unlink()
-        link.symlink_to(Path("trials") / Path(best["trial_dir"]).name)
+        link.symlink_to(Path("trials") / Path(best.trial_dir).name)
     wall = time.perf_counter() - started
     _write_sweep_json(cfg, sweep_dir, storage_url, space, eval_set_hash, n_trials, started_at=_now(),
-                      finished_at=_now(), wall_time_s=wall, **model_info)
+                      finished_at=_now(), wall_time_s=wall, **identities)
     _write_trials_table(records, sweep_dir)
-    failures = [f"trial {r['number']}: {r['fail_reason']}" for r in records if r["state"] == "FAIL"]
+    failures = [f"trial {r.number}: {r.fail_reason}" for r in records if r.state == "FAIL"]
     summary = SweepSummary(
         name=cfg.sweep.name, sweep_dir=sweep_dir,
-        n_complete=sum(r["state"] == "COMPLETE" for r in records),
-        n_pruned=sum(r["state"] == "PRUNED" for r in records),
+        n_complete=sum(r.state == "COMPLETE" for r in records),
+        n_pruned=sum(r.state == "PRUNED" for r in records),
         n_failed=len(failures),
-        best_trial=best["number"] if best else None, best_score=best["score"] if best else None,
+        best_trial=best.number if best else None, best_score=best.score if best else None,
         wall_time_s=wall, failures=failures,
     )
     print(f"sweep {summary.name}: {summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed "
@@ -545,37 +557,38 @@ def _finish(cfg, study, sweep_dir, storage_url, space, eval_set_hash, n_trials, 
     for failure in failures:
         print(f"  FAILED {failure}")
     if best:
-        print(f"best: trial {best['number']} {json.dumps(best['params'])} held-out {best['score']:.3f} "
-              f"-> {best['adapter']}")
+        print(f"best: trial {best.number} {json.dumps(best.params)} held-out {best.score:.3f} -> {best.adapter}")
     _write_report(sweep_dir)
     return summary
 
 
-def _best_trial(records: list[dict], sweep_dir: Path) -> dict | None:
-    """The highest held-out score among complete trials that respect every regression limit (else among all).
+def best_trial(records: list[TrialRecord]) -> BestTrial | None:
+    """The best complete trial by `selection.rank_key` (the report ranks by the same rule).
 
     Only trials whose artifacts are on this machine are candidates for the `best` pointer; with workers on
     several machines, each machine's summary covers the trials it ran (the study holds them all).
     """
-    complete = [r for r in records if r["state"] == "COMPLETE" and r["values"]
-                and (Path(r.get("trial_dir", "")) / "results.json").is_file()]
-    feasible = [r for r in complete if r.get("feasible")] or complete
-    if not feasible:
+    ranked = []
+    for record in sorted(records, key=lambda r: r.number):
+        results_path = Path(record.trial_dir) / "results.json"
+        if record.state == "COMPLETE" and record.values and results_path.is_file():
+            ranked.append((rank_key(read_record(RunResults, results_path), record.feasible), record))
+    if not ranked:
         return None
-    best = max(feasible, key=lambda r: (r["values"][0], -r["number"]))
-    trial_dir = Path(best["trial_dir"])
-    return {"number": best["number"], "trial_dir": str(trial_dir), "adapter": str(trial_dir / "adapter"),
-            "params": best["params"], "score": best["values"][0], "feasible": best.get("feasible")}
+    best = min(ranked, key=lambda pair: pair[0])[1]  # min keeps the first of equals: the lowest trial number
+    trial_dir = Path(best.trial_dir)
+    return BestTrial(number=best.number, trial_dir=str(trial_dir), adapter=str(trial_dir / "adapter"),
+                     params=best.params, score=best.values[0], feasible=best.feasible)
 
 
-def _write_trials_table(records: list[dict], sweep_dir: Path) -> None:
+def _write_trials_table(records: list[TrialRecord], sweep_dir: Path) -> None:
     import pandas as pd
 
     rows = []
     for r in records:
-        row = {"trial": r["number"], "state": r["state"], **r["params"],
-               "heldout_score": r["values"][0] if r["values"] else None, "feasible": r.get("feasible"),
-               "duration_s": round(r["duration_s"] or 0, 1), "fail_reason": r["fail_reason"]}
+        row = {"trial": r.number, "state": r.state, **r.params,
+               "heldout_score": r.values[0] if r.values else None, "feasible": r.feasible,
+               "duration_s": round(r.duration_s or 0, 1), "fail_reason": r.fail_reason}
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:

@@ -267,11 +267,11 @@ def test_sft_then_dpo_run_scores_both_stages(tmp_path):
     results = run_experiment(cfg, tmp_path / "run", progress=False)
 
     run_dir = tmp_path / "run"
-    assert set(results["stages"]) == {"sft", "dpo"} and results["final"]["stage"] == "dpo"
-    reference = results["stages"]["dpo"]["reference"]
-    assert reference["policy"] == "sft" and reference["adapter_hash"] == adapter_hash(run_dir / "adapter_sft")
-    assert results["adapter"]["hash"] != reference["adapter_hash"]  # DPO moved the adapter
-    assert results["data"]["preference_pairs"] == 8
+    assert set(results.stages) == {"sft", "dpo"} and results.final.stage == "dpo"
+    reference = results.stages["dpo"].reference
+    assert reference.policy == "sft" and reference.adapter_hash == adapter_hash(run_dir / "adapter_sft")
+    assert results.adapter.hash != reference.adapter_hash  # DPO moved the adapter
+    assert results.data.preference_pairs == 8
     assert (run_dir / "samples_sft.jsonl").exists() and (run_dir / "samples_dpo.jsonl").exists()
     assert not (run_dir / "adapter" / "ref").exists()  # only the policy adapter is saved
     rows = [json.loads(line) for line in (run_dir / "loss.jsonl").read_text().splitlines()]

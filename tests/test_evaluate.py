@@ -116,7 +116,7 @@ def test_grading_keeps_every_example():
     examples = [HeldoutExample([{"role": "user", "content": "q"}], {"a": 1}, "f:1"),
                 HeldoutExample([{"role": "user", "content": "q"}], {"a": 2}, "f:2")]
     result = grade_outputs(EvalConfig(graders=[GraderConfig(type="json_fields")]), examples, ['{"a": 1}', '{"a": 3}'])
-    assert result.score == 0.5 and result.n == 2 and [r["score"] for r in result.per_example] == [1.0, 0.0]
+    assert result.score == 0.5 and result.n == 2 and [r.score for r in result.per_example] == [1.0, 0.0]
     assert result.metrics["json_fields/field/a"] == 0.5 and result.ci_low < 0.5 < result.ci_high
 
 
@@ -153,14 +153,14 @@ def test_baselines_are_computed_once_per_eval_hash(tmp_path, monkeypatch, tiny_b
     cfg = make_config(TINY_OVERRIDES)
     heldout = load_heldout(cfg.eval)
     first = baselines.get_baselines(tiny_base, cfg, "hash-a", heldout, [])
-    assert first["cached"] is False and first["zero_shot"]["n"] == len(heldout)
+    assert first.cached is False and first.zero_shot.n == len(heldout)
 
     def no_model_allowed(*args, **kwargs):
         raise AssertionError("a cached baseline must not run the model")
 
     monkeypatch.setattr(baselines, "evaluate_heldout", no_model_allowed)
     second = baselines.get_baselines(tiny_base, cfg, "hash-a", heldout, [])
-    assert second["cached"] is True and second["zero_shot"] == first["zero_shot"]
+    assert second.cached is True and second.zero_shot == first.zero_shot
     with pytest.raises(AssertionError, match="must not run the model"):
         baselines.get_baselines(tiny_base, cfg, "hash-b", heldout, [])  # another eval hash is another baseline
 

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from conftest import TINY_OVERRIDES, make_config
@@ -26,6 +27,7 @@ from harness import gate
 from harness.artifacts import REPO_ROOT, resolve_path
 from harness.evalset import freeze
 from harness.gate import CannotCompareError, GateSettings, compare, make_baseline
+from harness.records import RESULTS_FORMAT, RunResults, from_json, write_record
 
 
 # Short generations and no prompt baseline: the gate needs neither, and the tests stay at seconds.
@@ -48,10 +50,10 @@ def gate_setup(tmp_path_factory) -> SimpleNamespace:
     # 2. Golden eval set: the run's own held-out outputs become the references.
     lines = resolve_path(run_cfg.eval.data_file).read_text(encoding="utf-8").splitlines()
     golden_rows = []
-    for row in results["stages"]["sft"]["heldout"]["per_example"]:
-        line_number = int(row["source"].rsplit(":", 1)[1])
+    for row in results.stages["sft"].heldout.per_example:
+        line_number = int(row.source.rsplit(":", 1)[1])
         messages = json.loads(lines[line_number - 1])["messages"]
-        golden_rows.append({"messages": messages, "reference": row["output"]})
+        golden_rows.append({"messages": messages, "reference": row.output})
     (root / "golden.jsonl").write_text("".join(json.dumps(r) + "\n" for r in golden_rows), encoding="utf-8")
     golden_overrides = GATE_TINY + [
         "eval.name=golden", f"eval.data_file={root}/golden.jsonl",
@@ -64,7 +66,7 @@ def gate_setup(tmp_path_factory) -> SimpleNamespace:
     # 3. The baseline: the adapter evaluated on the golden set, as `python -m harness.gate evaluate` does.
     record = gate.evaluate_candidate(golden_cfg, run_dir / "adapter")
     baseline = make_baseline(record, "golden evaluation")
-    (root / "golden_baseline.json").write_text(json.dumps(baseline), encoding="utf-8")
+    write_record(root / "golden_baseline.json", baseline)
     return SimpleNamespace(root=root, run_dir=run_dir, results=results, run_overrides=run_overrides,
                            golden_cfg=golden_cfg, golden_overrides=golden_overrides, golden_record=record,
                            golden_baseline=root / "golden_baseline.json")
@@ -83,8 +85,8 @@ def _rewrite_lora_b(adapter_dir: Path, out_dir: Path, make) -> Path:
 
 def test_golden_set_is_meaningful(gate_setup):
     # The damaged-adapter test below can only fail the gate because the undamaged adapter scores 1.0 here.
-    heldout = gate_setup.golden_record["stages"]["gate"]["heldout"]
-    assert heldout["score"] == 1.0 and heldout["n"] == 8
+    heldout = gate_setup.golden_record.stages["gate"].heldout
+    assert heldout.score == 1.0 and heldout.n == 8
 
 
 def test_same_adapter_passes_against_its_own_baseline(gate_setup, tmp_path):
@@ -92,10 +94,10 @@ def test_same_adapter_passes_against_its_own_baseline(gate_setup, tmp_path):
     report, record = gate.check(gate_setup.golden_cfg, gate_setup.run_dir, gate_setup.golden_baseline,
                                 GateSettings(), reevaluate=True)
     assert report.verdict == "pass" and report.exit_code == 0, report.reason
-    assert record is not gate_setup.golden_record and record["kind"] == "gate_evaluation"
-    assert report.candidate["results"].startswith("evaluated")
-    first = [row["output"] for row in gate_setup.golden_record["stages"]["gate"]["heldout"]["per_example"]]
-    second = [row["output"] for row in record["stages"]["gate"]["heldout"]["per_example"]]
+    assert record is not gate_setup.golden_record and record.kind == "gate_evaluation"
+    assert report.candidate.origin.startswith("evaluated")
+    first = [row.output for row in gate_setup.golden_record.stages["gate"].heldout.per_example]
+    second = [row.output for row in record.stages["gate"].heldout.per_example]
     assert first == second
     statuses = {c.name: c.status for c in report.checks}
     assert statuses == {"heldout_min_score": "pass", "heldout_vs_baseline": "pass"}
@@ -210,9 +212,9 @@ def test_cli_subprocess_baseline_then_check_reuses_the_runs_results(gate_setup, 
     made = run("baseline", "--from", str(gate_setup.run_dir), "--out", str(baseline))
     assert made.returncode == 0, made.stdout + made.stderr
     record = json.loads(baseline.read_text())
-    assert record["adapter"]["hash"] == gate_setup.results["adapter"]["hash"]
-    assert record["eval_set"]["hash"] == gate_setup.results["eval_set"]["hash"]
-    assert len(record["heldout"]["per_example"]) == 8 and "output" in record["heldout"]["per_example"][0]
+    assert record["adapter"]["hash"] == gate_setup.results.adapter.hash
+    assert record["eval_set"]["hash"] == gate_setup.results.eval_set.hash
+    assert len(record["heldout"]["per_example"]) == 8 and record["heldout"]["per_example"][0]["output"] is not None
 
     checked = run("check", "--candidate", str(gate_setup.run_dir), "--baseline", str(baseline),
                   "--out", str(tmp_path / "gate"), *gate_setup.run_overrides)
@@ -229,28 +231,36 @@ def test_cli_subprocess_baseline_then_check_reuses_the_runs_results(gate_setup, 
 
 
 def _record(heldout: list[float], regression: dict[str, list[float]], task_version: str = "1.0",
-            outputs: list[str] | None = None) -> dict:
+            outputs: list[str] | None = None) -> RunResults:
+    """A complete results record with the given per-example scores, as run.build_results would write it."""
     def summary(scores):
         return {"score": sum(scores) / len(scores), "stderr": 0.0, "ci_low": 0.0, "ci_high": 1.0,
                 "n": len(scores)}
 
     outputs = outputs or [""] * len(heldout)
-    per_example = [{"source": f"heldout.jsonl:{i + 1}", "score": s, "output": outputs[i]}
-                   for i, s in enumerate(heldout)]
-    return {
-        "status": "complete",
-        "config": {"eval": {"regression": [{"task": t, "max_regression": 0.05, "limit": None}
-                                           for t in regression]}},
+    per_example = [{"source": f"heldout.jsonl:{i + 1}", "prompt": "p", "output": outputs[i], "reference": "r",
+                    "score": s, "grades": {}} for i, s in enumerate(heldout)]
+    regression_scores = {t: {"task": t, "metric": "acc", "score": sum(s) / len(s), "stderr": 0.0, "n": len(s),
+                             "task_version": task_version, "per_example": s} for t, s in regression.items()}
+    cfg = OmegaConf.to_container(OmegaConf.structured(make_config(TINY_OVERRIDES)))
+    cfg["eval"]["regression"] = [{"task": t, "max_regression": 0.05, "limit": None} for t in regression]
+    record = {
+        "format": RESULTS_FORMAT, "status": "complete", "kind": "run", "run_dir": None, "config": cfg,
         "eval_set": {"name": "synthetic", "hash": "abc", "n": len(heldout), "min_score": 0.5},
         "model": {"id": "m", "hash": "mh", "quantized": False, "compute_dtype": "torch.float32"},
-        "tokenizer": {"name": "T", "vocab_size": 10},
-        "adapter": {"path": "adapter", "hash": "ah"},
-        "stages": {"sft": {"heldout": {**summary(heldout), "per_example": per_example},
-                           "regression": {t: {**summary(s), "metric": "acc", "task_version": task_version,
-                                              "per_example": s} for t, s in regression.items()}}},
-        "final": {"stage": "sft"},
-        "metrics": {"library_versions": {"torch": "2.0"}},
+        "tokenizer": {"name": "T", "vocab_size": 10, "chat_template_sha256": "t"},
+        "adapter": {"path": "adapter", "hash": "ah", "r": 4, "alpha": 8.0, "target_modules": ["q_proj"]},
+        "stages": {"sft": {"heldout": {**summary(heldout), "metrics": {}, "per_example": per_example},
+                           "regression": regression_scores}},
+        "final": {"stage": "sft", "heldout": summary(heldout), "meets_min_score": True,
+                  "regression": {t: {k: v for k, v in r.items() if k != "per_example"}
+                                 for t, r in regression_scores.items()},
+                  "regression_delta": {}, "worst_regression": 0.0, "regression_ok": True},
+        "canary": {"max_logit_diff": 1.0, "outputs_changed": 1, "n": 1},
+        "metrics": {"device": "cpu", "compute_dtype": "torch.float32", "library_versions": {"torch": "2.0"},
+                    "seed": 0, "git_revision": "g", "wall_time_s": 1.0},
     }
+    return from_json(RunResults, record)
 
 
 def _drop(scores: list[float], count: int) -> list[float]:
@@ -314,9 +324,11 @@ def test_records_that_cannot_be_compared_are_refused(mismatch):
     candidate = {
         "regression_missing": _record(HELDOUT, {}),
         "task_version": _record(HELDOUT, {"general": GENERAL}, task_version="2.0"),
-        "tokenizer": {**_record(HELDOUT, {"general": GENERAL}), "tokenizer": {"name": "T", "vocab_size": 11}},
+        "tokenizer": _record(HELDOUT, {"general": GENERAL}),
         "n": _record(HELDOUT, {"general": GENERAL[:100]}),
     }[mismatch]
+    if mismatch == "tokenizer":
+        candidate.tokenizer.chat_template_sha256 = "another template"
     with pytest.raises(CannotCompareError):
         compare(baseline, candidate, GateSettings())
 
@@ -344,8 +356,8 @@ def test_regression_checks_on_a_real_lm_eval_task(gate_setup, tmp_path):
     cfg = make_config(overrides)
     record = gate.evaluate_candidate(cfg, gate_setup.run_dir / "adapter")
     baseline = make_baseline(record, "regression evaluation")
-    assert len(baseline["regression"]["harness_general_mc"]["per_example"]) == 8
-    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    assert len(baseline.regression["harness_general_mc"].per_example) == 8
+    write_record(tmp_path / "baseline.json", baseline)
     report, _ = gate.check(cfg, gate_setup.run_dir, tmp_path / "baseline.json", GateSettings(),
                            reevaluate=True)
     check = {c.name: c for c in report.checks}["regression/harness_general_mc"]

@@ -1,0 +1,549 @@
+"""The typed, versioned records the harness writes and reads: a run's results, a sweep trial, a sweep, the best
+trial, the gate baseline, the baseline cache.
+
+One builder writes each record (`harness.run.build_results` for results, `harness.gate.make_baseline` for the
+baseline, `harness.sweep` for trial/sweep/best); everything else reads them by attribute:
+
+    results = read_record(RunResults, run_dir / "results.json")   # RecordError naming the file and field
+    results.final.heldout.score
+    write_record(run_dir / "results.json", results)                # atomic: temp file + rename
+
+JSON exists only at the edges (`to_json` / `from_json`). Each top-level record carries a `format` string; a
+reader refuses another format, a missing field, a field of the wrong type or a key it does not know, naming
+the file and the dotted field (`stages.sft.heldout.score`). Fields with a default may be absent.
+This module imports nothing heavy (no torch), so reports and gates read records without loading a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS_FORMAT = "harness.results/v2"
+TRIAL_FORMAT = "harness.trial/v1"
+SWEEP_FORMAT = "harness.sweep/v1"
+BEST_FORMAT = "harness.best/v1"
+BASELINE_FORMAT = "harness.gate/baseline-v2"
+BASELINE_CACHE_FORMAT = "harness.baseline-cache/v1"
+
+
+class RecordError(ValueError):
+    """A record file is missing, not JSON, of another format, or has a missing or mistyped field."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scores
+
+
+@dataclass
+class ExampleResult:
+    """One held-out example: what the model said and how each grader scored it."""
+
+    source: str  # file:line of the eval row
+    prompt: str  # the last user turn
+    output: str
+    reference: Any  # the gold answer, as in the eval file
+    score: float  # the first grader's score: the headline
+    grades: dict[str, Any]  # grader name -> {"score", "details"}
+
+
+@dataclass
+class HeldoutResult:
+    """Scores of one model on one eval set, with every example kept."""
+
+    score: float  # mean of the first grader's per-example scores
+    stderr: float
+    ci_low: float
+    ci_high: float
+    n: int
+    metrics: dict[str, float]  # every grader's aggregates, e.g. "json_fields/field/age"
+    per_example: list[ExampleResult] = field(default_factory=list)
+    seconds: float = 0.0
+    batch_size: int = 0
+    max_new_tokens: int = 0
+    grader_versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def scores(self) -> list[float]:
+        return [row.score for row in self.per_example]
+
+    def summary(self) -> ScoreSummary:
+        return ScoreSummary(self.score, self.stderr, self.ci_low, self.ci_high, self.n)
+
+
+@dataclass
+class ScoreSummary:
+    """A score with its error bar, without the examples."""
+
+    score: float
+    stderr: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+@dataclass
+class RegressionSummary:
+    """One lm-eval task's primary metric for one model, without the per-doc scores."""
+
+    task: str
+    metric: str  # `acc` for multiple-choice tasks, the task's first metric otherwise
+    score: float
+    stderr: float  # as lm-eval reports it; NaN when it computed none
+    n: int  # docs scored (after `limit`)
+    task_version: str  # the task YAML's metadata.version: scores compare only at equal versions
+    batch_size: int = 0  # some tasks' scores change with it
+    limit: int | None = None
+
+
+@dataclass
+class RegressionScore(RegressionSummary):
+    """A regression score with the metric of every doc, in doc_id order (its mean is `score`)."""
+
+    per_example: list[float] = field(default_factory=list)
+
+    def summary(self) -> RegressionSummary:
+        return RegressionSummary(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RegressionSummary)})
+
+
+@dataclass
+class RegressionDelta:
+    """Adapter minus base on one benchmark, and whether the drop stays within its max_regression."""
+
+    base: float
+    adapter: float
+    delta: float
+    max_regression: float
+    ok: bool
+
+
+@dataclass
+class CanaryResult:
+    """Proof that the adapter is applied: outputs with and without it differ."""
+
+    max_logit_diff: float  # largest |adapter - base| logit over the canary prompts
+    outputs_changed: int  # canary prompts whose greedy output differs from the base model's
+    n: int
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Identities
+
+
+@dataclass
+class EvalSetIdentity:
+    name: str
+    hash: str  # content hash of the frozen eval set (subsets: <hash>-firstN)
+    n: int | None  # examples scored; None in a sweep record before any trial finished
+    min_score: float
+
+
+@dataclass
+class ModelIdentity:
+    id: str  # what the user asked for (hub id, path, or the embedded model's name)
+    hash: str | None  # content identity of the weights; None in a sweep record before any trial finished
+    quantized: bool
+    compute_dtype: str | None = None
+
+
+@dataclass
+class TokenizerIdentity:
+    name: str
+    vocab_size: int
+    chat_template_sha256: str  # a new template changes every prompt
+
+
+@dataclass
+class AdapterIdentity:
+    path: str
+    hash: str  # of the weight tensors and LoRA hyperparameters (see model.adapter_hash), never of paths
+    r: int
+    alpha: float
+    target_modules: list[str] | str
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A run's results
+
+
+@dataclass
+class TrainingStats:
+    """What one training stage measured (the loss curve itself is in loss.jsonl)."""
+
+    stage: str
+    steps: int
+    train_runtime_s: float
+    tokens_seen: int  # non-padding tokens through the model
+    tokens_per_s: float
+    first_loss: float
+    final_loss: float
+    peak_memory_mb: float
+
+
+@dataclass
+class DpoReference:
+    """The policy DPO's reference model was: the SFT adapter after SFT, otherwise the base."""
+
+    policy: str  # sft | base
+    adapter: str | None
+    adapter_hash: str | None
+
+
+@dataclass
+class StageRecord:
+    """Scores after one stage (or, in a gate evaluation, of the loaded adapter)."""
+
+    heldout: HeldoutResult
+    regression: dict[str, RegressionScore]
+    train: TrainingStats | None = None  # None: scored, not trained (a gate evaluation)
+    reference: DpoReference | None = None  # DPO stages only
+
+
+@dataclass
+class LeakageReport:
+    n_train: int
+    n_heldout: int
+    exact_overlaps: int
+    ngram_overlaps: int  # held-out prompts sharing a non-template n-gram with some training prompt
+    ngram: int
+    overlap_fraction: float
+    examples: list[dict[str, Any]] = field(default_factory=list)  # overlapping held-out prompts + a training match
+
+
+@dataclass
+class DataCard:
+    """What training data went in: files, rows read and kept, and the checks' findings."""
+
+    sft_file: str | None
+    sft_rows: int
+    sft_examples: int
+    sft_truncated: int
+    duplicates_removed: int
+    leakage: LeakageReport
+    chat_template_sample: str
+    preference_file: str | None = None
+    preference_rows: int | None = None
+    preference_pairs: int | None = None
+    preference_duplicates_removed: int | None = None
+
+
+@dataclass
+class BaselineScores:
+    """The base model zero-shot, with a prompt baseline, and on the regression benchmarks."""
+
+    key: str  # baseline cache key
+    cached: bool
+    zero_shot: HeldoutResult
+    prompt_baseline: HeldoutResult | None
+    prompting_meets_min_score: bool
+    regression: dict[str, RegressionScore]
+
+
+@dataclass
+class FinalScores:
+    """The headline of a run: its last stage's scores and their verdicts."""
+
+    stage: str
+    heldout: ScoreSummary
+    meets_min_score: bool
+    regression: dict[str, RegressionSummary]
+    regression_delta: dict[str, RegressionDelta]  # vs the base model; empty without base scores
+    worst_regression: float  # largest drop vs the base over the benchmarks (0 when none dropped)
+    regression_ok: bool  # every drop within its max_regression
+
+
+@dataclass
+class RunMetrics:
+    device: str
+    compute_dtype: str
+    library_versions: dict[str, str]
+    seed: int
+    git_revision: str
+    wall_time_s: float
+    train_runtime_s: float = 0.0
+    tokens_per_s: dict[str, float] = field(default_factory=dict)
+    peak_memory_mb: float = 0.0
+    stages: dict[str, TrainingStats] = field(default_factory=dict)
+
+
+@dataclass
+class RunResults:
+    """Everything one evaluated adapter produced (a run, a sweep trial, or a gate evaluation)."""
+
+    status: str  # complete
+    kind: str  # run | gate_evaluation
+    run_dir: str | None
+    config: dict[str, Any]  # the resolved RunConfig as JSON; `run_config()` rebuilds it
+    eval_set: EvalSetIdentity
+    model: ModelIdentity
+    tokenizer: TokenizerIdentity
+    adapter: AdapterIdentity
+    stages: dict[str, StageRecord]
+    final: FinalScores
+    canary: CanaryResult
+    metrics: RunMetrics
+    data: DataCard | None = None  # None for a gate evaluation (no training data)
+    baselines: BaselineScores | None = None  # None for a gate evaluation
+    format: str = RESULTS_FORMAT
+
+    @property
+    def final_stage(self) -> StageRecord:
+        return self.stages[self.final.stage]
+
+    def run_config(self):
+        """The RunConfig this record was made with (typed, validated as at compose time)."""
+        from omegaconf import OmegaConf
+
+        from harness.config import RunConfig
+
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), self.config))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sweeps
+
+
+@dataclass
+class IntermediateScore:
+    step: int
+    score: float  # on the pruning subset of the selection examples
+
+
+@dataclass
+class TrialRecord:
+    """trial.json: one sweep trial's state, written when it starts and when it ends."""
+
+    number: int
+    state: str  # RUNNING, COMPLETE, PRUNED, FAIL
+    params: dict[str, Any]
+    command: str  # re-runs this trial alone
+    trial_dir: str
+    host: str
+    pid: int
+    started_at: str
+    fail_reason: str | None = None
+    intermediate: list[IntermediateScore] = field(default_factory=list)
+    values: list[float] | None = None
+    feasible: bool | None = None
+    duration_s: float | None = None
+    finished_at: str | None = None
+    retry_of: int | None = None
+    format: str = TRIAL_FORMAT
+
+
+@dataclass
+class SweepRecord:
+    """sweep.json: what the sweep is and how it was run."""
+
+    name: str
+    question: str
+    command: str
+    storage: str
+    sampler: str
+    pruner: str
+    objective: str
+    n_trials: int
+    space: dict[str, list[Any]]
+    eval_set: EvalSetIdentity
+    model: ModelIdentity
+    price_per_gpu_hour: float
+    config: dict[str, Any]
+    started_at: str
+    finished_at: str | None = None
+    wall_time_s: float | None = None
+    format: str = SWEEP_FORMAT
+
+
+@dataclass
+class BestTrial:
+    """best.json: the trial `best` points at (see sweep.best_trial for the rule)."""
+
+    number: int
+    trial_dir: str
+    adapter: str
+    params: dict[str, Any]
+    score: float
+    feasible: bool | None
+    format: str = BEST_FORMAT
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gate baseline and baseline cache
+
+
+@dataclass
+class BaselineExample:
+    source: str
+    score: float
+    output: str | None = None  # kept when all outputs together are small (see gate.MAX_BASELINE_OUTPUT_CHARS)
+
+
+@dataclass
+class BaselineHeldout:
+    score: float
+    stderr: float
+    ci_low: float
+    ci_high: float
+    n: int
+    grader_versions: dict[str, str]
+    outputs_kept: bool
+    per_example: list[BaselineExample]
+
+
+@dataclass
+class GatedRegression(RegressionScore):
+    """A baseline's regression score with the limit it is gated at."""
+
+    max_regression: float = 0.0
+
+
+@dataclass
+class GateBaseline:
+    """reports/baseline.json: what ships, as the gate compares candidates with it."""
+
+    created_from: str
+    created_at: str
+    git_revision: str
+    eval_set: EvalSetIdentity
+    model: ModelIdentity
+    tokenizer: TokenizerIdentity
+    adapter: AdapterIdentity
+    min_score: float
+    heldout: BaselineHeldout
+    regression: dict[str, GatedRegression]
+    library_versions: dict[str, str]
+    format: str = BASELINE_FORMAT
+
+
+@dataclass
+class BaselineCache:
+    """$HARNESS_CACHE/baselines/<eval>-<key>.json: base-model scores, computed once per key."""
+
+    key: str
+    eval_set_hash: str
+    model_id: str
+    model_hash: str
+    zero_shot: HeldoutResult
+    prompt_baseline: HeldoutResult | None
+    regression: dict[str, RegressionScore]
+    format: str = BASELINE_CACHE_FORMAT
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JSON at the edges
+
+
+def to_json(record) -> dict:
+    """A record as plain JSON data (nested dataclasses become objects)."""
+    return dataclasses.asdict(record)
+
+
+def from_json(cls, data: Any, source: str = "<record>"):
+    """Build `cls` from JSON data, checking every field's presence and type; RecordError names source + field."""
+    expected = _default_format(cls)
+    if expected is not None and isinstance(data, dict) and data.get("format") != expected:
+        raise RecordError(f"{source}: not a {cls.__name__} record (format {data.get('format')!r}, expected "
+                          f"{expected!r}; another kind of file, or written by another version of the harness)")
+    return _convert(cls, data, source, "")
+
+
+def write_record(path: str | Path, record) -> None:
+    from harness.artifacts import write_json_atomic
+
+    write_json_atomic(path, to_json(record))
+
+
+def read_record(cls, path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise RecordError(f"{path}: not UTF-8 text ({err.reason})") from None
+    except json.JSONDecodeError as err:
+        raise RecordError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    return from_json(cls, data, str(path))
+
+
+def _default_format(cls) -> str | None:
+    for f in dataclasses.fields(cls):
+        if f.name == "format":
+            return f.default
+    return None
+
+
+def _convert(tp, value, source: str, where: str):
+    """`value` as type `tp`, recursively; `where` is the dotted field path for error messages."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, source, where)
+            except RecordError as err:
+                errors.append(err)
+        raise errors[0] if len(errors) == 1 else _type_error(source, where, _type_name(tp), value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _type_error(source, where, "an object", value)
+        hints = typing.get_type_hints(tp)
+        known = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise RecordError(f"{source}: unknown field {_join(where, unknown[0])!r}")
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                kwargs[f.name] = _convert(hints[f.name], value[f.name], source, _join(where, f.name))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise RecordError(f"{source}: missing field {_join(where, f.name)!r}")
+        return tp(**kwargs)
+    if origin is list:
+        if not isinstance(value, list):
+            raise _type_error(source, where, "a list", value)
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, source, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(source, where, "an object", value)
+        _, item = typing.get_args(tp)
+        return {k: _convert(item, v, source, _join(where, k)) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(source, where, "a number", value)
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(source, where, "an integer", value)
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise _type_error(source, where, tp.__name__, value)
+        return value
+    raise TypeError(f"records: no JSON conversion for {tp!r} at {where}")  # a bug in this module, not input
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _type_name(tp) -> str:
+    return " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in typing.get_args(tp))
+
+
+def _type_error(source: str, where: str, expected: str, value) -> RecordError:
+    shown = json.dumps(value)[:60] if not isinstance(value, str) else repr(value[:60])
+    return RecordError(f"{source}: field {where or '(top level)'!r} must be {expected}, got {shown}")
