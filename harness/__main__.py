@@ -1,13 +1,14 @@
 """`python -m harness`: one run end to end; `python -m harness +sweep=rank`: an Optuna sweep.
 
 A thin Hydra entry: compose -> typed config -> run or sweep. Bad input (a malformed data row, an eval set that
-changed, a cross-field rule) prints one clear error, leaves no partial run directory, and exits 2.
+changed, a cross-field rule) prints one clear error, leaves no partial run directory, and exits 2. Only what
+Hydra wrote for this process is removed: a run directory that holds anything else, or existed before, stays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -22,6 +23,12 @@ log = logging.getLogger("harness")
 register_configs()
 
 
+# Set before Hydra creates the run directory: a directory that already existed is the user's, never removed.
+_PREEXISTING_RUN_DIR = next(
+    (Path(a.split("=", 1)[1]).resolve() for a in sys.argv[1:] if a.startswith("hydra.run.dir=")), None)
+_PREEXISTING_RUN_DIR = _PREEXISTING_RUN_DIR if _PREEXISTING_RUN_DIR and _PREEXISTING_RUN_DIR.exists() else None
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -31,7 +38,7 @@ def main(cfg: DictConfig) -> None:
             from harness.sweep import run_sweep
 
             summary = run_sweep(run_config)
-            shutil.rmtree(run_dir, ignore_errors=True)  # a sweep writes under sweeps/<name>/, not here
+            _remove_hydra_run_dir(run_dir)  # a sweep writes under sweeps/<name>/, not here
             if summary.n_complete == 0:
                 sys.exit(1)  # every trial failed or was pruned: nothing to ship
             return
@@ -39,12 +46,27 @@ def main(cfg: DictConfig) -> None:
 
         inputs = prepare_inputs(run_config)
     except (DataError, ValueError) as err:
-        # Input errors: nothing was trained; remove the run directory Hydra made so no partial output remains.
-        shutil.rmtree(run_dir, ignore_errors=True)
+        # Input errors: nothing was trained; remove what Hydra made here so no partial output remains.
+        _remove_hydra_run_dir(run_dir)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     results = run_experiment(run_config, run_dir, inputs)
     print(summary_table(results))
+
+
+def _remove_hydra_run_dir(run_dir: Path) -> None:
+    """Remove Hydra's own files from the run directory (`.hydra/`, the job log), then the directory if that
+    left it empty and it did not exist before this process. Anything else in it is not ours: it stays."""
+    hydra_files = [run_dir / ".hydra" / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+    hydra_files.append(run_dir / f"{HydraConfig.get().job.name}.log")
+    for path in hydra_files:
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    for directory in (run_dir / ".hydra", run_dir):
+        if directory == run_dir and _PREEXISTING_RUN_DIR == run_dir.resolve():
+            break
+        with contextlib.suppress(OSError):  # not empty (someone else's files), or already gone
+            directory.rmdir()
 
 
 if __name__ == "__main__":

@@ -212,3 +212,23 @@ def test_evalset_cli_check_exits_2_on_a_changed_set(tmp_path):
         cwd=REPO_ROOT, env=env, capture_output=True, text=True,
     )
     assert result.returncode == 2 and "differs from its frozen manifest" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["input_error", "sweep"])
+def test_cli_never_removes_a_users_files_from_the_run_dir(tmp_path, case):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "important.txt").write_text("precious")
+    if case == "input_error":
+        result = _cli(["model=tiny", "lora.r=0", f"hydra.run.dir={victim}"], cwd=REPO_ROOT)
+        assert result.returncode == 2 and "lora.r" in result.stderr
+    else:
+        result = _cli([*TINY_CLI, "+sweep=rank", "sweep.space.lora_r=[2]", "sweep.tracking=none",
+                       f"sweep.sweeps_dir={tmp_path / 'sweeps'}", f"hydra.run.dir={victim}"], cwd=REPO_ROOT)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert (victim / "important.txt").read_text() == "precious"
+    assert not (victim / ".hydra").exists()  # what Hydra wrote for the run is cleaned up
+
+
+TINY_CLI = ["model=tiny", "quant=none", "run_regression=false", "train.sft.max_steps=2", "train.sft.batch_size=4",
+            "data.max_sft_examples=16", "eval.max_examples=8"]
