@@ -93,6 +93,11 @@ def run_sweep(cfg: RunConfig) -> SweepSummary:
     space = search_space(sweep.space)
     if not space:
         raise ValueError(f"sweep.space of sweep {sweep.name!r} is empty: name at least one parameter to vary")
+    if sweep.servable_ranks_only:
+        from harness.export import check_servable_ranks
+
+        rank_key = "sweep.space.lora_r" if sweep.space.lora_r else "lora.r"
+        check_servable_ranks(sweep.space.lora_r or [cfg.lora.r], rank_key)
 
     # 1. Validate every input once (eval set hash, data, chat template, leakage) before any trial.
     inputs = prepare_inputs(cfg)
