@@ -141,41 +141,38 @@ def search_space(space: SearchSpace) -> dict[str, list]:
     return {name: list(values) for name, values in vars(space).items() if values}
 
 
-def apply_params(cfg: RunConfig, params: dict) -> RunConfig:
-    """A trial's run config: the sweep's base config with the sampled parameters put in place."""
-    lora, sft, dpo = cfg.lora, cfg.train.sft, cfg.train.dpo
-    if "lora_r" in params:
-        lora = replace(lora, r=int(params["lora_r"]))
-    if "lora_alpha" in params:
-        lora = replace(lora, alpha=float(params["lora_alpha"]))
-    if "lora_alpha_ratio" in params:
-        lora = replace(lora, alpha=float(params["lora_alpha_ratio"]) * lora.r)
-    if "sft_learning_rate" in params:
-        sft = replace(sft, learning_rate=float(params["sft_learning_rate"]))
-    if "sft_max_steps" in params:
-        sft = replace(sft, max_steps=int(params["sft_max_steps"]))
-    if "dpo_beta" in params:
-        dpo = replace(dpo, beta=float(params["dpo_beta"]))
-    if "dpo_max_steps" in params:
-        dpo = replace(dpo, max_steps=int(params["dpo_max_steps"]))
-    if "dpo_learning_rate" in params:
-        dpo = replace(dpo, learning_rate=float(params["dpo_learning_rate"]))
-    return replace(cfg, lora=lora, train=replace(cfg.train, sft=sft, dpo=dpo), sweep=None)
+# Each search-space parameter and the config key it sets (lora_alpha_ratio sets lora.alpha to ratio x r).
+PARAM_KEYS = {
+    "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_alpha_ratio": "lora.alpha",
+    "sft_learning_rate": "train.sft.learning_rate", "sft_max_steps": "train.sft.max_steps",
+    "dpo_beta": "train.dpo.beta", "dpo_max_steps": "train.dpo.max_steps",
+    "dpo_learning_rate": "train.dpo.learning_rate",
+}
 
 
-def trial_command(params: dict) -> str:
-    """The command that re-runs one trial alone."""
-    overrides = {
-        "lora_r": "lora.r", "lora_alpha": "lora.alpha", "sft_learning_rate": "train.sft.learning_rate",
-        "sft_max_steps": "train.sft.max_steps", "dpo_beta": "train.dpo.beta", "dpo_max_steps": "train.dpo.max_steps",
-        "dpo_learning_rate": "train.dpo.learning_rate",
-    }
-    parts = []
+def trial_settings(cfg: RunConfig, params: dict) -> dict[str, object]:
+    """The config keys a trial's sampled parameters set, and their values."""
+    settings = {}
     for name, value in params.items():
         if name == "lora_alpha_ratio":
-            parts.append(f"lora.alpha={float(value) * float(params.get('lora_r', 1))}")
-        else:
-            parts.append(f"{overrides[name]}={value}")
+            value = float(value) * int(params.get("lora_r", cfg.lora.r))
+        settings[PARAM_KEYS[name]] = value
+    return settings
+
+
+def apply_params(cfg: RunConfig, params: dict) -> RunConfig:
+    """A trial's run config: the sweep's base config with the sampled parameters put in place (validated)."""
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.structured(replace(cfg, sweep=None))
+    for key, value in trial_settings(cfg, params).items():
+        OmegaConf.update(conf, key, value, merge=False)
+    return OmegaConf.to_object(conf)
+
+
+def trial_command(cfg: RunConfig, params: dict) -> str:
+    """The command that re-runs one trial alone."""
+    parts = [f"{key}={value}" for key, value in trial_settings(cfg, params).items()]
     base_args = [a for a in sys.argv[1:] if not a.startswith("+sweep=") and not a.startswith("sweep.")]
     return " ".join(["python -m harness", *base_args, *parts])
 
@@ -230,7 +227,7 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
     for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "trial_dir": str(trial_dir)}.items():
         trial.set_user_attr(key, value)
     record = TrialRecord(
-        number=trial.number, state="RUNNING", params=params, command=trial_command(params),
+        number=trial.number, state="RUNNING", params=params, command=trial_command(cfg, params),
         trial_dir=str(trial_dir), host=socket.gethostname(), pid=os.getpid(), started_at=_now(), retry_of=retry_of,
     )
     write_record(trial_dir / "trial.json", record)
