@@ -12,6 +12,7 @@ the test model (`kind=tiny`) is a random llama built from a config with that tok
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ class BaseModel:
     device: str
     compute_dtype: torch.dtype
     quantized: bool
+    attn_implementation: str  # what transformers dispatches attention to ("sdpa", "flash_attention_2", ...)
 
 
 def resolve_device(device: str) -> str:
@@ -62,6 +64,19 @@ def compute_dtype_for(quant: QuantConfig, device: str) -> torch.dtype:
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def attention_implementation_for(device: str, dtype: torch.dtype) -> str:
+    """flash_attention_2 on CUDA in bf16/fp16 when the flash_attn package is installed, else sdpa.
+
+    sdpa (torch's fused scaled_dot_product_attention) is transformers 5's own default and runs on CPU and CUDA;
+    "eager" is its slower reference. flash-attn kernels exist only for CUDA and half precision. Named explicitly
+    so that results can record it, and so that a model without sdpa support fails at load instead of silently
+    falling back to eager attention.
+    """
+    if device == "cuda" and dtype in (torch.bfloat16, torch.float16) and importlib.util.find_spec("flash_attn"):
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def cache_root() -> Path:
@@ -96,6 +111,7 @@ def load_base_model(
         revision=model_cfg.revision if model_cfg.kind == "hf" else None,
         quantization_config=quantization_config,
         dtype=dtype,
+        attn_implementation=attention_implementation_for(device, dtype),
         device_map={"": 0 if device == "cuda" else "cpu"},
         use_safetensors=True,
         trust_remote_code=model_cfg.trust_remote_code,
@@ -122,6 +138,7 @@ def load_base_model(
         device=device,
         compute_dtype=dtype,
         quantized=quantization_config is not None,
+        attn_implementation=model.config._attn_implementation,
     )
 
 
