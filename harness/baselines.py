@@ -29,6 +29,7 @@ def baseline_key(base: BaseModel, cfg: RunConfig, eval_set_hash: str) -> str:
         "model_hash": base.model_hash,
         "quantized": base.quantized,
         "compute_dtype": str(base.compute_dtype),
+        "attn_implementation": base.attn_implementation,
         "eval_set_hash": eval_set_hash,
         "regression": [asdict(b) for b in cfg.eval.regression] if cfg.run_regression else [],
         "regression_batch_size": cfg.eval.regression_batch_size,

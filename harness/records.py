@@ -145,6 +145,7 @@ class ModelIdentity:
     hash: str | None  # content identity of the weights; None in a sweep record before any trial finished
     quantized: bool
     compute_dtype: str | None = None
+    attn_implementation: str | None = None  # sdpa, eager, flash_attention_2: what transformers dispatched to
 
 
 @dataclass

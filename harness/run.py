@@ -226,7 +226,7 @@ def build_results(
         eval_set=EvalSetIdentity(name=cfg.eval.name, hash=eval_set_hash, n=final.heldout.n,
                                  min_score=cfg.eval.min_score),
         model=ModelIdentity(id=base.model_id, hash=base.model_hash, quantized=base.quantized,
-                            compute_dtype=str(base.compute_dtype)),
+                            compute_dtype=str(base.compute_dtype), attn_implementation=base.attn_implementation),
         tokenizer=tokenizer_identity(base.tokenizer),
         adapter=AdapterIdentity(path=str(adapter_dir), hash=adapter_hash(adapter_dir), r=adapter_config["r"],
                                 alpha=float(adapter_config["lora_alpha"]),

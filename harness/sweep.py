@@ -46,6 +46,8 @@ from transformers import TrainerCallback
 from harness.artifacts import write_text_atomic
 from harness.config import RunConfig, SearchSpace, SweepConfig
 from harness.evaluate import evaluate_heldout
+from harness.memory import release_trial_memory
+from harness.model import resolve_device
 from harness.records import (
     BestTrial,
     EvalSetIdentity,
@@ -254,6 +256,9 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
     except Exception as err:  # noqa: BLE001 - failure isolation: any trial error is recorded, the sweep goes on
         reason = f"{type(err).__name__}: {err}"
         log.exception("trial %d failed", trial.number)
+    # The trial's model, trainer and optimizer are unreachable now (failed and pruned trials included): free
+    # them before the next trial loads its base (trl's trainers leave reference cycles; CUDA caches memory).
+    release_trial_memory(resolve_device(cfg.train.device))
     if reason:
         trial.set_user_attr("fail_reason", reason)
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
