@@ -42,7 +42,8 @@ from harness.evaluate import HeldoutExample, check_adapter_active, evaluate_held
 from harness.leakage import LeakageReport, check_leakage
 from harness.model import BaseModel, adapter_hash, attach_lora, load_base_model, load_tokenizer, resolve_device
 from harness.dpo import train_dpo
-from harness.train import StageResult, peak_memory_mb, train_sft
+from harness.sft import train_sft
+from harness.trainer import StageResult, peak_memory_mb
 
 log = logging.getLogger(__name__)
 
