@@ -11,9 +11,9 @@ Several sweeps go into one report only when they share the eval set hash and the
 `ReportError` (exit 2) and nothing is written. Model outputs and dataset text are untrusted: every string is
 escaped for HTML, and for Markdown tables.
 
-This module loads the artifacts and writes the report; the pieces it is built from are harness.report_sections
-(the sections, as document blocks), harness.report_plots (matplotlib), harness.report_format (numbers, cell text
-and trials.csv) and harness.render (the blocks as HTML and Markdown, and their escaping).
+This module loads the artifacts and writes the report. The pieces it is built from: harness.report_sections
+(the sections, as document blocks), harness.report_plots (matplotlib), harness.report_format (numbers, cell
+text and trials.csv) and harness.render (the blocks as HTML and Markdown, and their escaping).
 """
 
 from __future__ import annotations

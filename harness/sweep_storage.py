@@ -1,11 +1,11 @@
-"""The Optuna study behind a sweep: storage, creating or joining it, locking between workers, dead-worker recovery.
+"""The Optuna study behind a sweep: its storage, creating or joining it, locks between workers, recovery.
 
 harness.sweep drives the trial loop; everything that touches the study's storage is here:
 
-    check_storage_for_workers(storage_url, sweep.workers)   # refuses SQLite for several workers
-    study = load_study(sweep, storage_url, space, sweep_dir)  # create or join; a grid is enqueued exactly once
-    recover_dead_trials(study)                               # FAIL and retry trials of dead local workers
-    with study_lock(sweep_dir, study):                       # one worker at a time asks for a trial
+    check_storage_for_workers(storage_url, sweep.workers)    # refuses SQLite for several workers
+    study = load_study(sweep, storage_url, space, sweep_dir)  # create or join; a grid is enqueued once
+    recover_dead_trials(study)                                # FAIL and retry trials of dead local workers
+    with study_lock(sweep_dir, study):                        # one worker at a time asks for a trial
         if not done(study, n_trials):
             trial = study.ask()
 

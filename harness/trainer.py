@@ -5,7 +5,8 @@
     trainer = build_trainer(SFTTrainer, model, tokenizer, args, dataset, [loss_logger], progress)
     stage = run_stage(trainer, "sft", loss_logger, device)   # a StageResult
 
-Each logged step is appended to `<run_dir>/loss.jsonl` (rewritten atomically) so a crash leaves a readable curve.
+Each logged step is appended to `<run_dir>/loss.jsonl` (rewritten atomically) so a crash leaves a readable
+curve.
 """
 
 from __future__ import annotations
