@@ -4,7 +4,8 @@
     markdown = render_markdown(blocks)                # the Markdown twin; images linked from images/
 
 Used by harness.report (the sweep report). Escaping for a format lives here and nowhere else: html.escape for
-HTML, md_escape for Markdown.
+HTML; md_escape for the report's Markdown text; md_cell for one line of untrusted text that must stay inert in
+Markdown posted to a pull request (harness.gate's summary).
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ def render_markdown(blocks: list) -> str:
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~])")
+_AUTOLINK = re.compile(r"(?i)\b(https?:|ftp:|www)(//|\.)")  # where GFM autolinks a bare URL
 
 
 def md_escape(text: str) -> str:
@@ -169,3 +171,18 @@ def md_escape(text: str) -> str:
     text = _MD_SPECIAL.sub(r"\\\1", text)
     return text.replace("\r", "").replace("\n", "<br>")
 
+
+def md_cell(text: str, max_chars: int | None = 200) -> str:
+    """Untrusted text as one line of inert Markdown (a table cell, list item or heading).
+
+    HTML-escaped; no pipes, backticks or newlines; no links, images, autolinks or @-mentions. Text longer than
+    `max_chars` is cut, with "…".
+    """
+    text = text if max_chars is None or len(text) <= max_chars else text[:max_chars] + "…"
+    text = html.escape(text).replace("|", "&#124;").replace("`", "&#96;")
+    # Character references never form Markdown syntax: no [text](url) link, no ![alt](url) image.
+    text = text.replace("[", "&#91;").replace("]", "&#93;")
+    # A zero-width space breaks @-mentions (and e-mail autolinks) and bare-URL autolinks.
+    text = text.replace("@", "@&#8203;")
+    text = _AUTOLINK.sub(r"\1&#8203;\2", text)
+    return text.replace("\r", "").replace("\n", " ⏎ ")
