@@ -33,7 +33,7 @@ from transformers import TrainerCallback
 
 from harness.config import DPOStageConfig
 from harness.data import PREFERENCE_FIELDS, PreferencePair
-from harness.train import LossLogger, StageResult, _run_stage, build_trainer, trainer_arguments
+from harness.trainer import LossLogger, StageResult, build_trainer, run_stage, trainer_arguments
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def train_dpo(
     _check_reference(model, reference, "before training")
 
     # 3. Train, then make sure the reference did not move and remove it, so the saved adapter is the policy.
-    result = _run_stage(trainer, "dpo", loss_logger, device)
+    result = run_stage(trainer, "dpo", loss_logger, device)
     _check_reference(model, reference, "after training")
     model.delete_adapter(REFERENCE_ADAPTER)
     shutil.rmtree(args.output_dir, ignore_errors=True)  # nothing is saved there (save_strategy="no")

@@ -29,7 +29,6 @@ table for a PR comment or $GITHUB_STEP_SUMMARY), gate.json, and candidate_result
 from __future__ import annotations
 
 import argparse
-import html
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -54,6 +53,7 @@ from harness.records import (
     to_json,
     write_record,
 )
+from harness.render import md_cell
 from harness.stats import compare_paired
 
 # Baselines keep each example's output when they are this small in total (characters), so that a failing gate
@@ -484,16 +484,16 @@ def junit_xml(report: GateReport) -> str:
 
 def markdown_summary(report: GateReport) -> str:
     icon = {"pass": "✅", "fail": "❌", "cannot_compare": "⚠️"}[report.verdict]
-    lines = [f"## {icon} Regression gate: {report.reason}", ""]
+    lines = [f"## {icon} Regression gate: {md_cell(report.reason, max_chars=None)}", ""]
     if report.verdict == "cannot_compare":
         lines += ["The candidate was not compared with the baseline; nothing was judged.", ""]
         return "\n".join(lines)
     eval_set, model = report.eval_set, report.model
     lines += [
-        f"Eval set `{_md(eval_set.name)}` (hash `{eval_set.hash}`, n={eval_set.n}), base `{_md(model.id)}` "
+        f"Eval set {md_cell(eval_set.name)} (hash `{eval_set.hash}`, n={eval_set.n}), base {md_cell(model.id)} "
         f"(hash `{model.hash}`, {'NF4' if model.quantized else 'unquantized'}, {model.compute_dtype}).",
-        f"Candidate adapter `{report.candidate.adapter_hash[:12]}`: {_md(report.candidate.origin)}. "
-        f"Baseline adapter `{report.baseline.adapter_hash[:12]}` from {_md(report.baseline.origin)}.",
+        f"Candidate adapter `{report.candidate.adapter_hash[:12]}`: {md_cell(report.candidate.origin)}. "
+        f"Baseline adapter `{report.baseline.adapter_hash[:12]}` from {md_cell(report.baseline.origin)}.",
         "",
         "| check | baseline | candidate | delta | interval | limit | result |",
         "|---|---|---|---|---|---|---|",
@@ -505,29 +505,22 @@ def markdown_summary(report: GateReport) -> str:
             interval = f"[{c.ci_low:.3f}, {c.ci_high:.3f}] (score)"
         p_text = "" if c.p_value is None else f" (p={c.p_value:.2g})"
         result = {"pass": "✅ pass", "warn": "⚠️ pass, noisy drop", "fail": "❌ FAIL"}[c.status] + p_text
-        lines.append(f"| {_md(c.title)} | {c.baseline:.3f} | {c.candidate:.3f} | {delta} | {interval} | "
-                     f"{_md(c.limit)} | {result} |")
+        lines.append(f"| {md_cell(c.title)} | {c.baseline:.3f} | {c.candidate:.3f} | {delta} | {interval} | "
+                     f"{md_cell(c.limit)} | {result} |")
     lines += ["", f"Paired tests on the same examples (McNemar for 0/1 scores, paired bootstrap otherwise), "
                   f"alpha {report.settings.alpha:g} per check; a held-out drop fails only beyond "
                   f"{report.settings.min_effect:.3f} and a regression drop only beyond its limit."]
-    lines += [f"- {_md(note)}" for note in report.notes]
+    lines += [f"- {md_cell(note)}" for note in report.notes]
     if report.worse_examples:
         shown = report.worse_examples[:MAX_WORSE_EXAMPLES_SHOWN]
         lines += ["", "<details><summary>Held-out examples the candidate got worse on: "
                       f"{len(report.worse_examples)} (first {len(shown)})</summary>", "",
                   "| example | baseline output (score) | candidate output (score) |", "|---|---|---|"]
         for row in shown:
-            lines.append(f"| {_md(row.source)} | {_md(row.baseline_output)} ({row.baseline_score:g})"
-                         f" | {_md(row.candidate_output)} ({row.candidate_score:g}) |")
+            lines.append(f"| {md_cell(row.source)} | {md_cell(row.baseline_output)} ({row.baseline_score:g})"
+                         f" | {md_cell(row.candidate_output)} ({row.candidate_score:g}) |")
         lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
-
-
-def _md(text: str, max_chars: int = 200) -> str:
-    """Untrusted text as inert Markdown table-cell text: HTML-escaped, no pipes, backticks or newlines."""
-    text = text if len(text) <= max_chars else text[:max_chars] + "…"
-    text = html.escape(text).replace("|", "&#124;").replace("`", "&#96;")
-    return text.replace("\r", "").replace("\n", " ⏎ ")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -71,7 +71,8 @@ from harness.records import (
     to_json,
     write_record,
 )
-from harness.train import StageResult, peak_memory_mb, train_sft
+from harness.sft import train_sft
+from harness.trainer import StageResult, peak_memory_mb
 
 log = logging.getLogger(__name__)
 

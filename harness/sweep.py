@@ -17,13 +17,13 @@ Optuna is driven directly (the Hydra Optuna sweeper on PyPI pins optuna<3), with
 
 Artifacts: `sweeps/<name>/sweep.json`, `trials/<NNN>/` (trial.json + a run directory's files), `best.json` and a
 `best` symlink to the best trial, `trials.csv` / `trials.md`, and the comparison report.
+
+The study's storage, locks and dead-worker recovery are in harness.sweep_storage; MLflow / W&B tracking in
+harness.tracking.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import itertools
 import json
 import logging
 import math
@@ -37,11 +37,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import optuna
-from optuna.storages import fail_stale_trials
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
-from transformers import TrainerCallback
 
 from harness.artifacts import write_text_atomic
 from harness.config import RunConfig, SearchSpace, SweepConfig
@@ -60,6 +58,15 @@ from harness.records import (
     write_record,
 )
 from harness.selection import rank_key
+from harness.sweep_storage import (
+    check_storage_for_workers,
+    counted,
+    done,
+    load_study,
+    recover_dead_trials,
+    study_lock,
+)
+from harness.tracking import Tracker, TrialSteps
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -91,7 +98,7 @@ def run_sweep(cfg: RunConfig) -> SweepSummary:
     started = time.perf_counter()
     sweep_dir = Path(sweep.sweeps_dir) / sweep.name
     storage_url = sweep.storage or f"sqlite:///{sweep_dir / 'study.db'}"
-    _check_storage_for_workers(storage_url, sweep.workers)
+    check_storage_for_workers(storage_url, sweep.workers)
     space = search_space(sweep.space)
     if not space:
         raise ValueError(f"sweep.space of sweep {sweep.name!r} is empty: name at least one parameter to vary")
@@ -106,18 +113,18 @@ def run_sweep(cfg: RunConfig) -> SweepSummary:
     sweep_dir.mkdir(parents=True, exist_ok=True)
 
     # 2. Create or join the study; grid configurations are enqueued exactly once.
-    study = _load_study(sweep, storage_url, space, sweep_dir)
+    study = load_study(sweep, storage_url, space, sweep_dir)
     n_trials = _target_trials(sweep, space)
     _write_sweep_json(cfg, sweep_dir, storage_url, space, inputs.eval_set_hash, n_trials, started_at=_now())
 
     # 3. Trials, until the study holds n_trials finished or running ones.
     progress = tqdm(total=n_trials, desc=f"sweep {sweep.name}", unit="trial")
-    tracker = _Tracker(sweep, sweep_dir)
+    tracker = Tracker(sweep, sweep_dir)
     try:
         while True:
-            _recover_dead_trials(study)
-            with _study_lock(sweep_dir, study):
-                if _done(study, n_trials):
+            recover_dead_trials(study)
+            with study_lock(sweep_dir, study):
+                if done(study, n_trials):
                     break
                 trial = study.ask()
             if sweep.sampler == "grid" and "fixed_params" not in study._storage.get_trial_system_attrs(trial._trial_id):
@@ -125,11 +132,11 @@ def run_sweep(cfg: RunConfig) -> SweepSummary:
                 study._storage.set_trial_user_attr(trial._trial_id, "surplus", True)
                 study.tell(trial, state=TrialState.FAIL)
                 break
-            progress.n = _counted(study)
+            progress.n = counted(study)
             progress.refresh()
             _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker)
     finally:
-        progress.n = _counted(study)
+        progress.n = counted(study)
         progress.close()
         tracker.close()
 
@@ -183,21 +190,7 @@ def trial_command(cfg: RunConfig, params: dict) -> str:
 # One trial
 
 
-class _TrialSteps(TrainerCallback):
-    """Counts optimizer steps across a trial's stages: each trainer (SFT, then DPO) restarts global_step at 0,
-    but Optuna ignores a second report at a step it has seen and W&B drops steps that go backwards."""
-
-    def __init__(self):
-        self.offset = 0
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.offset += state.global_step
-
-    def trial_step(self, state) -> int:
-        return self.offset + state.global_step
-
-
-class _PruningCallback(_TrialSteps):
+class _PruningCallback(TrialSteps):
     """Every `every` steps: score a fixed held-out subset, report it, and stop the trial if the pruner says so."""
 
     def __init__(self, trial, tokenizer, eval_cfg, examples, every: int, record: list):
@@ -291,97 +284,7 @@ def _objective_values(results: RunResults, objective: str) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Study, storage, resume
-
-
-def _check_storage_for_workers(storage_url: str, workers: int) -> None:
-    if storage_url.startswith("sqlite") and workers > 1:
-        raise ValueError(
-            f"sweep.workers={workers} with SQLite storage ({storage_url}): SQLite is for one worker. For several "
-            "processes on one machine use sweep.storage=journal:///path/to/study.log; for several machines a "
-            "PostgreSQL URL (postgresql://user:pass@host/db)."
-        )
-
-
-def make_storage(storage_url: str, sweep: SweepConfig):
-    if storage_url.startswith("journal://"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        path = Path(storage_url.removeprefix("journal://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if storage_url.startswith("sqlite:///"):
-        Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    with _schema_lock(storage_url):
-        return optuna.storages.RDBStorage(
-            storage_url,
-            heartbeat_interval=sweep.heartbeat_interval,
-            grace_period=sweep.grace_period,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
-
-
-@contextlib.contextmanager
-def _schema_lock(storage_url: str):
-    """Workers starting together on a fresh PostgreSQL database race to create Optuna's tables and types;
-    the loser fails with IntegrityError or ProgrammingError. A database lock makes them take turns."""
-    if not storage_url.startswith("postgresql"):
-        yield
-        return
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
-    try:
-        with _advisory_lock(engine, "harness-optuna-schema"):
-            yield
-    finally:
-        engine.dispose()
-
-
-def _make_sampler(sweep: SweepConfig, space: dict[str, list]):
-    if sweep.sampler == "grid":
-        # Every grid configuration is enqueued up front (see _load_study) and trials only pop the queue, so no
-        # sampling happens; Optuna's GridSampler would also reject enqueued trials when they are pruned.
-        return optuna.samplers.RandomSampler(seed=sweep.seed)
-    if sweep.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=sweep.seed)
-    if sweep.sampler == "tpe":
-        constraints = None if sweep.objective == "multi" else (lambda t: t.user_attrs.get("constraints", [0.0]))
-        return optuna.samplers.TPESampler(seed=sweep.seed, constraints_func=constraints)
-    raise ValueError(f"sweep.sampler={sweep.sampler!r}: expected grid, tpe or random")
-
-
-def _make_pruner(sweep: SweepConfig):
-    pruners = {
-        "none": optuna.pruners.NopPruner,
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-        "threshold": lambda: optuna.pruners.ThresholdPruner(lower=sweep.prune_threshold),
-    }
-    if sweep.pruner not in pruners:
-        raise ValueError(f"sweep.pruner={sweep.pruner!r}: expected one of {sorted(pruners)}")
-    return pruners[sweep.pruner]()
-
-
-def _load_study(sweep: SweepConfig, storage_url: str, space: dict[str, list], sweep_dir: Path):
-    directions = ["maximize", "minimize"] if sweep.objective == "multi" else ["maximize"]
-    study = optuna.create_study(
-        study_name=sweep.name,
-        storage=make_storage(storage_url, sweep),
-        sampler=_make_sampler(sweep, space),
-        pruner=_make_pruner(sweep),
-        directions=directions,
-        load_if_exists=True,
-    )
-    # Workers on other machines may start at the same moment: the lock spans the database, not just this host.
-    with _study_lock(sweep_dir, study):
-        if sweep.sampler == "grid" and not study.user_attrs.get("grid_enqueued"):
-            names = list(space)
-            for combination in list(itertools.product(*space.values()))[: sweep.n_trials or None]:
-                study.enqueue_trial(dict(zip(names, combination)))
-            study.set_user_attr("grid_enqueued", True)
-    return study
+# Study size (the study, its storage, locks and resume are in harness.sweep_storage)
 
 
 def _target_trials(sweep: SweepConfig, space: dict[str, list]) -> int:
@@ -389,109 +292,6 @@ def _target_trials(sweep: SweepConfig, space: dict[str, list]) -> int:
         grid = math.prod(len(v) for v in space.values())
         return min(grid, sweep.n_trials) if sweep.n_trials else grid
     return sweep.n_trials
-
-
-def _counted(study) -> int:
-    """Trials that count towards n_trials: finished or running, except failures that are being retried."""
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False)
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        or (t.state == TrialState.FAIL and not t.user_attrs.get("retried") and not t.user_attrs.get("surplus"))
-    )
-
-
-def _done(study, n_trials: int) -> bool:
-    waiting = any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
-    return not waiting and _counted(study) >= n_trials
-
-
-def _recover_dead_trials(study) -> None:
-    """Trials left RUNNING by a dead process on this machine: FAIL them and retry their configuration once.
-
-    Trials of other machines are failed (and retried once) by Optuna's heartbeat on RDB storages.
-    """
-    fail_stale_trials(study)
-    host = socket.gethostname()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = trial.user_attrs.get("pid")
-        if trial.user_attrs.get("host") != host or pid is None or _pid_alive(pid):
-            continue
-        retry = trial.user_attrs.get("retry_of") is None
-        try:
-            # Attributes first: a finished trial can no longer be annotated.
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker process {pid} died")
-            study._storage.set_trial_user_attr(trial._trial_id, "retried", retry)
-            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker recovered it first
-        _update_trial_json(trial, state="FAIL", fail_reason=f"worker process {pid} died")
-        if retry:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-            log.warning("trial %d was left running by dead process %s: retrying its configuration once",
-                        trial.number, pid)
-
-
-def _update_trial_json(trial, state: str, fail_reason: str) -> None:
-    trial_dir = trial.user_attrs.get("trial_dir")
-    path = Path(trial_dir) / "trial.json" if trial_dir else None
-    if path and path.is_file():
-        record = read_record(TrialRecord, path)
-        record.state, record.fail_reason, record.finished_at = state, fail_reason, _now()
-        write_record(path, record)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def _study_lock(sweep_dir: Path, study):
-    """Serialise 'enqueue the grid' and 'is the study done? / ask' between workers.
-
-    A file lock covers the processes of this machine; for a database storage a database lock keyed on the
-    study name also covers other machines (PostgreSQL advisory lock, MySQL GET_LOCK).
-    """
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / ".ask.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            with _database_lock(study):
-                yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _database_lock(study):
-    storage = getattr(study._storage, "_backend", study._storage)
-    engine = getattr(storage, "engine", None)
-    if engine is None or engine.dialect.name not in ("postgresql", "mysql"):
-        return contextlib.nullcontext()  # SQLite and journal files live on one machine: the file lock is enough.
-    return _advisory_lock(engine, f"harness-sweep:{study.study_name}")
-
-
-@contextlib.contextmanager
-def _advisory_lock(engine, key: str):
-    """A lock held by a database connection, seen by every machine using that database (PostgreSQL, MySQL)."""
-    import sqlalchemy
-
-    if engine.dialect.name == "postgresql":
-        lock, unlock = "SELECT pg_advisory_lock(hashtext(:key))", "SELECT pg_advisory_unlock(hashtext(:key))"
-    else:
-        lock, unlock = "SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)"
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text(lock), {"key": key})
-        try:
-            yield
-        finally:
-            connection.execute(sqlalchemy.text(unlock), {"key": key})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -618,69 +418,3 @@ def _write_report(sweep_dir: Path) -> None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Tracking (MLflow by default)
-
-
-class _Tracker:
-    """Experiment tracking. MLflow: the sweep as a parent run, each trial a child run. W&B: one run per trial,
-    grouped by sweep (W&B has no nested runs; set WANDB_MODE=offline to keep it local). Loss curves are
-    logged live from the trainer."""
-
-    def __init__(self, sweep: SweepConfig, sweep_dir: Path):
-        self.kind, self.sweep, self.sweep_dir = sweep.tracking, sweep, sweep_dir
-        if self.kind not in ("mlflow", "wandb", "none"):
-            raise ValueError(f"sweep.tracking={self.kind!r}: expected mlflow, wandb or none")
-        self.mlflow = self.wandb = self.wandb_run = None
-        if self.kind == "mlflow":
-            import mlflow
-
-            self.mlflow = mlflow
-            mlflow.set_tracking_uri(sweep.tracking_uri or f"sqlite:///{(sweep_dir / 'mlflow.db').resolve()}")
-            mlflow.set_experiment(f"harness-{sweep.name}")
-            mlflow.start_run(run_name=f"sweep-{sweep.name}")
-        elif self.kind == "wandb":
-            import wandb
-
-            self.wandb = wandb
-
-    def trial_callback(self, number: int, params: dict) -> TrainerCallback:
-        if self.kind == "mlflow":
-            self.mlflow.start_run(run_name=f"trial-{number:03d}", nested=True)
-            self.mlflow.log_params(params)
-        elif self.kind == "wandb":
-            self.wandb_run = self.wandb.init(
-                project=f"harness-{self.sweep.name}", group=self.sweep.name, name=f"trial-{number:03d}",
-                config=params, dir=str(self.sweep_dir),
-            )
-        tracker = self
-
-        class LogToTracker(_TrialSteps):
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                metrics = {k.replace("/", "_"): float(v) for k, v in (logs or {}).items()
-                           if isinstance(v, (int, float))}
-                if metrics and tracker.kind == "mlflow":
-                    tracker.mlflow.log_metrics(metrics, step=self.trial_step(state))
-                elif metrics and tracker.kind == "wandb":
-                    tracker.wandb_run.log(metrics, step=self.trial_step(state))
-
-        return LogToTracker()
-
-    def end_trial(self, state: str, values: list[float] | None) -> None:
-        if self.kind == "mlflow":
-            if values:
-                self.mlflow.log_metric("heldout_score", values[0])
-            self.mlflow.set_tag("state", state)
-            self.mlflow.end_run()
-        elif self.kind == "wandb" and self.wandb_run is not None:
-            self.wandb_run.summary["state"] = state
-            if values:
-                self.wandb_run.summary["heldout_score"] = values[0]
-            self.wandb_run.finish()
-            self.wandb_run = None
-
-    def close(self) -> None:
-        if self.kind == "mlflow":
-            self.mlflow.end_run()

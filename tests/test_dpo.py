@@ -15,7 +15,7 @@ from harness.config import DataConfig, DPOStageConfig, LoraConfig, ModelConfig, 
 from harness.data import Conversation, DataError, PreferencePair, load_preference_data, tokenize_sft
 from harness.dpo import _adapter_weights, _plain_lm_head, train_dpo
 from harness.model import adapter_hash, attach_lora, load_adapter, load_base_model
-from harness.train import train_sft
+from harness.sft import train_sft
 from tests.conftest import TINY_OVERRIDES, make_config
 
 LN2 = math.log(2)

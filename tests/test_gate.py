@@ -8,6 +8,7 @@ behaviour shows up as a paired drop; the regression checks' decision rule is tes
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from conftest import TINY_OVERRIDES, make_config
 from harness import gate
 from harness.artifacts import REPO_ROOT, resolve_path
 from harness.evalset import freeze
-from harness.gate import CannotCompareError, GateSettings, compare, make_baseline
+from harness.gate import CannotCompareError, GateReport, GateSettings, compare, make_baseline
 from harness.records import RESULTS_FORMAT, RunResults, from_json, write_record
 
 
@@ -341,6 +342,44 @@ def test_summary_keeps_model_outputs_inert():
     assert "<script>" not in summary and "&lt;script&gt;" in summary
     row = next(line for line in summary.splitlines() if "alert" in line)
     assert row.count("|") == 4 and "`" not in row  # the output's pipe and backticks cannot break the table
+
+
+HOSTILE = "[click](http://evil) ![img](http://x/y.png) <script>alert(1)</script> @someone `rm -rf` a|b\nnext"
+
+
+def _hostile_summaries() -> tuple[str, str]:
+    """The summary of a failing comparison whose worse example's output is HOSTILE, and of a cannot-compare
+    report whose reason is HOSTILE (the reason is the heading)."""
+    outputs = [HOSTILE] + ["ok"] * 99
+    baseline = make_baseline(_record(HELDOUT, {}, outputs=["ok"] * 100), "synthetic")
+    compared = compare(baseline, _record(_drop(HELDOUT, 1), {}, outputs=outputs), GateSettings())
+    refused = GateReport(verdict="cannot_compare", reason=HOSTILE)
+    return gate.markdown_summary(compared), gate.markdown_summary(refused)
+
+
+def test_summary_renders_hostile_model_output_and_reason_inert():
+    summary, refused = _hostile_summaries()
+    row = next(line for line in summary.splitlines() if "click" in line)
+    heading = refused.splitlines()[0]
+    assert heading.startswith("## ⚠️ Regression gate: ")
+    for line in (row, heading):
+        assert "[" not in line and "](" not in line and "![" not in line  # no link or image syntax
+        assert "<" not in line and "`" not in line  # no HTML tag, no code span
+        assert "@someone" not in line and "http://" not in line  # no @-mention, no bare-URL autolink
+        assert "⏎" in line  # the output's newline did not end the line
+        # Still shown in full, as text: only escapes and zero-width spaces were added.
+        assert HOSTILE.replace("\n", " ⏎ ") in html.unescape(line).replace("\u200b", "")
+    assert row.count("|") == 4  # the output's pipe is not a cell break
+    assert "<script" not in summary and "<script" not in refused
+
+
+def test_summary_with_hostile_text_renders_to_html_without_links_images_or_scripts():
+    markdown_it = pytest.importorskip("markdown_it")
+    renderer = markdown_it.MarkdownIt("commonmark").enable("table")
+    for summary in _hostile_summaries():
+        page = renderer.render(summary)
+        assert "<a " not in page and "<img" not in page and "<script" not in page
+        assert "<code>rm -rf" not in page and "[click](http:\u200b//evil)" in page  # shown as text
 
 
 # ---------------------------------------------------------------------------------------------------------

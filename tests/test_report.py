@@ -19,7 +19,8 @@ import pytest
 from conftest import TINY_OVERRIDES, make_config
 
 from harness.artifacts import REPO_ROOT
-from harness.report import SECTIONS, ReportError, build_report, load_sweep, main, md_escape, write_report
+from harness.render import md_escape
+from harness.report import SECTIONS, ReportError, build_report, load_sweep, main, write_report
 
 SCRIPT = "<script>alert(1)</script>"
 FAIL_REASON = "CUDA out of memory | <b>trial 3</b> `boom`"

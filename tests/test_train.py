@@ -9,7 +9,7 @@ import torch
 from harness.config import LoraConfig, ModelConfig, QuantConfig, SFTStageConfig
 from harness.data import Conversation, tokenize_sft
 from harness.model import attach_lora, load_adapter, load_base_model
-from harness.train import train_sft
+from harness.sft import train_sft
 
 CONVERSATIONS = [
     Conversation([{"role": "user", "content": f"Say the number {i}."}, {"role": "assistant", "content": str(i)}],

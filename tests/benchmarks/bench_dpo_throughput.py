@@ -33,7 +33,7 @@ from harness.config import DataConfig, DPOStageConfig, LoraConfig, ModelConfig, 
 from harness.data import load_preference_data, load_sft_data, tokenize_sft  # noqa: E402
 from harness.dpo import train_dpo  # noqa: E402
 from harness.model import attach_lora, load_adapter, load_base_model  # noqa: E402
-from harness.train import train_sft  # noqa: E402
+from harness.sft import train_sft  # noqa: E402
 
 
 class CpuTime(TrainerCallback):

@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from harness.config import DataConfig, LoraConfig, ModelConfig, QuantConfig, SFTStageConfig  # noqa: E402
 from harness.data import load_sft_data, tokenize_sft  # noqa: E402
 from harness.model import attach_lora, load_base_model  # noqa: E402
-from harness.train import train_sft  # noqa: E402
+from harness.sft import train_sft  # noqa: E402
 
 
 def bare_lora_loop(model, batches, learning_rate: float) -> tuple[int, float]:

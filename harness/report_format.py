@@ -1,0 +1,225 @@
+"""Numbers and cell text of the report: paired comparisons and regression deltas of loaded trials, value
+formatting, and trials.csv. Used by harness.report_sections and harness.report_plots:
+
+    paired(zero_shot["per_example"], trial.final_per_example).verdict()   # McNemar or paired bootstrap
+    regression_delta(trial.results, "harness_general_mc")                # a RegressionDelta, or None
+    trials_csv(trials)                                                   # every trial, numbers unrounded
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.report import ReportError, Sweep, Trial
+from harness.stats import PairedComparison, compare_paired
+
+
+# --- numbers ----------------------------------------------------------------------------------------------
+def paired(a_rows: list, b_rows: list) -> PairedComparison:
+    """Paired test on held-out rows ({"source", "score", ...}) or on lm-eval per-doc scores (floats)."""
+    check_aligned(a_rows, b_rows, "A", "B")
+    return compare_paired([_row_score(r) for r in a_rows], [_row_score(r) for r in b_rows])
+
+
+def _row_score(row) -> float:
+    return float(row["score"]) if isinstance(row, dict) else float(row)
+
+
+def check_aligned(a_rows: list, b_rows: list, a_name: str, b_name: str) -> None:
+    a_sources = [r["source"] if isinstance(r, dict) else i for i, r in enumerate(a_rows)]
+    b_sources = [r["source"] if isinstance(r, dict) else i for i, r in enumerate(b_rows)]
+    if a_sources != b_sources:
+        raise ReportError(
+            f"{a_name} and {b_name} were not scored on the same examples in the same order: "
+            "a paired comparison is impossible (are the results records from one eval set?)"
+        )
+
+
+@dataclass
+class RegressionDelta:
+    """A trial's final score on one regression benchmark minus the base model's."""
+
+    delta: float
+    stderr: float  # of the paired per-doc differences; from the two stderrs when per-doc scores are missing
+    ok: bool  # the drop stays within the benchmark's max_regression
+
+    @property
+    def half_width(self) -> float:  # of the normal 95% interval
+        return 1.96 * self.stderr
+
+
+def regression_delta(results: dict, task: str) -> RegressionDelta | None:
+    limit_check = results["final"]["regression_delta"].get(task)
+    base = results["baselines"].get("regression", {}).get(task)
+    adapter = results["stages"][results["final"]["stage"]]["regression"].get(task)
+    if base is None or adapter is None or limit_check is None:
+        return None
+    a, b = base.get("per_example") or [], adapter.get("per_example") or []
+    if len(a) == len(b) >= 2:
+        stderr = float(np.std(np.asarray(b, float) - np.asarray(a, float), ddof=1) / math.sqrt(len(a)))
+    else:
+        stderr = math.sqrt(_nan_to_zero(base.get("stderr")) ** 2 + _nan_to_zero(adapter.get("stderr")) ** 2)
+    return RegressionDelta(adapter["score"] - base["score"], stderr, limit_check["ok"])
+
+
+def _nan_to_zero(value) -> float:
+    return 0.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def param_names(sweeps: list[Sweep], trials: list[Trial]) -> list[str]:
+    names = [p for s in sweeps for p in s.meta.get("space", {})]
+    names += [p for t in trials for p in t.params]
+    return list(dict.fromkeys(names))
+
+
+def regression_tasks(trials: list[Trial]) -> list[str]:
+    tasks = [task for t in trials if t.results for task in t.results["final"]["regression_delta"]]
+    return list(dict.fromkeys(tasks))
+
+
+def stage_names(trials: list[Trial]) -> list[str]:
+    return list(dict.fromkeys(stage for t in trials if t.results for stage in t.results["stages"]))
+
+
+# --- formatting -------------------------------------------------------------------------------------------
+def fmt_value(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def fmt_params(params: dict) -> str:
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in params.items()) or "no swept parameters"
+
+
+def fmt_estimate(result: dict) -> str:
+    return f"{result['score']:.3f} [95% CI {result['ci_low']:.3f}, {result['ci_high']:.3f}], n={result['n']}"
+
+
+def score_cells(result: dict | None) -> list[str]:
+    if not result:
+        return ["—", "—", "—"]
+    return [
+        f"{result['score']:.3f} ± {result['stderr']:.3f}",
+        f"[{result['ci_low']:.3f}, {result['ci_high']:.3f}]",
+        str(result["n"]),
+    ]
+
+
+def fmt_err(value: float) -> str:
+    return "?" if math.isnan(value) else f"{value:.3f}"
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def fmt_output(row: dict) -> str:
+    return f"{row['output'] or '(empty output)'}\n(score {row['score']:.2f})"
+
+
+def fmt_reference(reference) -> str:
+    return reference if isinstance(reference, str) else json.dumps(reference, ensure_ascii=False)
+
+
+def state_text(trial: Trial) -> str:
+    if trial.state == "COMPLETE":
+        text = "complete" if trial.feasible_final else "complete, over a regression limit"
+    elif trial.state == "PRUNED":
+        last = trial.intermediate[-1] if trial.intermediate else None
+        text = f"pruned at step {last['step']} (score {last['score']:.3f})" if last else "pruned"
+    elif trial.state == "FAIL":
+        text = f"failed: {trial.fail_reason or 'no reason recorded'}"
+    else:
+        text = trial.state.lower()
+    return text + (f" (retry of #{trial.retry_of})" if trial.retry_of is not None else "")
+
+
+def leakage_text(leakage: dict) -> str:
+    overlaps = leakage.get("exact_overlaps", 0) + leakage.get("ngram_overlaps", 0)
+    return (
+        f"{'passed' if overlaps == 0 else 'OVERLAP FOUND'}: {leakage.get('exact_overlaps', 0)} exact and "
+        f"{leakage.get('ngram_overlaps', 0)} {leakage.get('ngram')}-gram overlaps between "
+        f"{leakage.get('n_train')} training and {leakage.get('n_heldout')} held-out prompts "
+        f"(fraction {leakage.get('overlap_fraction', 0.0):.3f})"
+    )
+
+
+# --- CSV --------------------------------------------------------------------------------------------------
+def trials_csv(trials: list[Trial]) -> str:
+    """Every trial of every sweep, one row each, numbers unrounded (for pandas or a spreadsheet)."""
+    params = list(dict.fromkeys(p for t in trials for p in t.params))
+    tasks = regression_tasks(trials)
+    stages = stage_names(trials)
+    header = ["sweep", "number", "state", "fail_reason", "retry_of", "feasible"] + [
+        f"param_{p}" for p in params
+    ]
+    header += [
+        "heldout_score",
+        "heldout_stderr",
+        "heldout_ci_low",
+        "heldout_ci_high",
+        "heldout_n",
+        "final_stage",
+    ]
+    header += [f"heldout_{s}" for s in stages]
+    header += [c for task in tasks for c in (f"delta_{task}", f"delta_{task}_stderr", f"delta_{task}_ok")]
+    header += [
+        "worst_regression",
+        "last_intermediate_step",
+        "last_intermediate_score",
+        "train_runtime_s",
+        "duration_s",
+        "peak_memory_mb",
+        "cost_usd",
+        "adapter",
+        "command",
+    ]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for t in trials:
+        r = t.results
+        last = t.intermediate[-1] if t.intermediate else {}
+        row = [t.sweep, t.number, t.state, _csv_text(t.fail_reason), t.retry_of, t.feasible]
+        row += [t.params.get(p) for p in params]
+        row += (
+            [t.heldout[k] for k in ("score", "stderr", "ci_low", "ci_high", "n")] + [r["final"]["stage"]]
+            if r
+            else [None] * 6
+        )
+        row += [r["stages"][s]["heldout"]["score"] if r and s in r["stages"] else None for s in stages]
+        for task in tasks:
+            delta = regression_delta(r, task) if r else None
+            row += [delta.delta, delta.stderr, delta.ok] if delta else [None] * 3
+        row += [
+            r["final"]["worst_regression"] if r else None,
+            last.get("step"),
+            last.get("score"),
+            r["metrics"]["train_runtime_s"] if r else None,
+            t.duration_s,
+            r["metrics"]["peak_memory_mb"] if r else None,
+            t.cost,
+            r["adapter"]["path"] if r else None,
+            _csv_text(t.command),
+        ]
+        writer.writerow(["" if v is None else v for v in row])
+    return out.getvalue()
+
+
+def _csv_text(text: str | None) -> str | None:
+    # A cell starting with = + - @ is a formula to spreadsheet programs; untrusted text must stay text.
+    return "'" + text if text and text[0] in "=+-@" else text
