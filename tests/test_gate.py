@@ -332,13 +332,10 @@ def test_summary_keeps_model_outputs_inert():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# One real run of the regression checks (lm-eval on a local task), once score_regression exists.
+# One real run of the regression checks (lm-eval on a local task).
 
 
 def test_regression_checks_on_a_real_lm_eval_task(gate_setup, tmp_path):
-    regression = pytest.importorskip("harness.regression")
-    if not hasattr(regression, "score_regression"):
-        pytest.skip("harness.regression.score_regression not written yet")
     overrides = gate_setup.golden_overrides + [
         "run_regression=true", "eval.regression=[{task:harness_general_mc,limit:8,max_regression:0.05}]"]
     cfg = make_config(overrides)
