@@ -144,7 +144,11 @@ def test_inactive_adapter_is_cannot_compare(gate_setup, tmp_path, capsys):
     assert json.loads((out / "gate.json").read_text())["verdict"] == "cannot_compare"
 
 
-def test_mismatched_eval_hash_exits_2_before_loading_a_model(gate_setup, tmp_path, capsys):
+def test_mismatched_eval_hash_exits_2_before_loading_a_model(gate_setup, tmp_path, capsys, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the gate loaded a model before refusing")
+
+    monkeypatch.setattr("harness.model.load_base_model", no_model)  # gate.py imports it when it evaluates
     # The json_extract run's eval set against the golden baseline: different eval sets, nothing to compare.
     code = gate.main(["check", "--candidate", str(gate_setup.run_dir),
                       "--baseline", str(gate_setup.golden_baseline),
