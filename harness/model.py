@@ -224,7 +224,8 @@ def model_fingerprint(model_dir: Path) -> str:
     config.json counts without its provenance keys (_name_or_path, transformers_version); each *.safetensors
     file counts by name, its header's tensor entries (names, dtypes, shapes, offsets) and the sha256 of its data
     bytes. Hashing the data of a large model takes seconds, so the data hash is cached in
-    $HARNESS_CACHE/fingerprints.json, keyed by the file's absolute path, size and mtime.
+    $HARNESS_CACHE/fingerprints.json, keyed by the file's absolute path, size and mtime (a file modified in the
+    last two seconds is hashed again next time, see _RACY_MTIME_NS).
     """
     config = _without_provenance(json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
     digest = hashlib.sha256(b"config\0" + json.dumps(config, sort_keys=True).encode() + b"\0")
@@ -283,9 +284,10 @@ def _hash_file_data(path: Path, start: int) -> str:
 
 def _read_fingerprint_cache(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        cache = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # none yet, or unreadable: it is only a cache
         return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 # ---------------------------------------------------------------------------------------------------------
