@@ -1,8 +1,10 @@
 """`python -m harness`: one run end to end; `python -m harness +sweep=rank`: an Optuna sweep.
 
 A thin Hydra entry: compose -> typed config -> run or sweep. Bad input (a malformed data row, an eval set that
-changed, a cross-field rule) prints one clear error, leaves no partial run directory, and exits 2. Only what
-Hydra wrote for this process is removed: a run directory that holds anything else, or existed before, stays.
+changed, a cross-field rule) prints one clear error, leaves no partial run directory, and exits 2; so does a
+library installed outside the version range harness is tested with (checked before anything starts).
+Only what Hydra wrote for this process is removed: a run directory that holds anything else, or existed
+before, stays.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from omegaconf import DictConfig
 
 from harness.config import register_configs, to_run_config
 from harness.data import DataError
+from harness.versions import LibraryVersionError, check_library_versions
 
 log = logging.getLogger("harness")
 register_configs()
@@ -69,5 +72,14 @@ def _remove_hydra_run_dir(run_dir: Path) -> None:
             directory.rmdir()
 
 
+def exit_on_untested_libraries() -> None:
+    try:
+        check_library_versions()
+    except LibraryVersionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    exit_on_untested_libraries()
     main()

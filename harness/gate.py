@@ -291,10 +291,9 @@ def _reuse_mismatch(cfg: RunConfig, results: RunResults, eval_set_hash: str, ada
 
 def current_model_hash(cfg: RunConfig) -> str:
     """The base model's fingerprint as load_base_model records it, without loading any weights."""
-    from harness.model import model_fingerprint, prepare_model_dir
+    from harness.model import base_model_hash
 
-    model_dir = prepare_model_dir(cfg.model)
-    return model_fingerprint(Path(model_dir)) if Path(model_dir).is_dir() else str(model_dir)
+    return base_model_hash(cfg.model)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from harness.artifacts import write_json_atomic
 from harness.config import LoraConfig, ModelConfig, QuantConfig
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ class BaseModel:
     tokenizer: object
     model_dir: Path
     model_id: str  # what the user asked for (hub id, path, or the embedded model's name)
-    model_hash: str  # fingerprint of config + weight files: comparisons refuse to mix different bases
+    model_hash: str  # base_model_hash: comparisons refuse to mix different bases
     device: str
     compute_dtype: torch.dtype
     quantized: bool
@@ -134,7 +136,7 @@ def load_base_model(
         tokenizer=tokenizer,
         model_dir=Path(model_dir),
         model_id=model_cfg.name_or_path,
-        model_hash=model_fingerprint(Path(model_dir)) if Path(model_dir).is_dir() else str(model_dir),
+        model_hash=base_model_hash(model_cfg, model_dir),
         device=device,
         compute_dtype=dtype,
         quantized=quantization_config is not None,
@@ -171,20 +173,138 @@ def load_adapter(model: torch.nn.Module, adapter_dir: str | Path, adapter_name: 
     return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=trainable)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Identities: what results records, baselines and gates compare. They are built from what a model computes
+# (weight values and behaviour-changing settings), never from where it happens to be stored, so the same adapter
+# or base model has the same identity on every machine and under every $HARNESS_CACHE.
+
+# adapter_config.json keys that change what the adapted model computes. Left out on purpose: paths and hub
+# revisions of the base (base_model_name_or_path, revision: where the base came from, not what the adapter is;
+# the base has its own identity), lora_dropout (identity at inference; a training setting, recorded with the
+# run's config), init_lora_weights (the saved tensors are the result of it), inference_mode, peft_version and
+# runtime_config (how it was loaded, not what it is).
+ADAPTER_BEHAVIOUR_KEYS = (
+    "peft_type", "task_type", "r", "lora_alpha", "use_rslora", "use_dora", "bias", "lora_bias", "fan_in_fan_out",
+    "target_modules", "exclude_modules", "target_parameters", "layers_to_transform", "layers_pattern",
+    "modules_to_save", "rank_pattern", "alpha_pattern", "layer_replication", "use_qalora", "qalora_group_size",
+    "alora_invocation_tokens",
+)
+# Module-name lists peft writes in no fixed order (it keeps them as sets).
+_UNORDERED_ADAPTER_KEYS = ("target_modules", "exclude_modules", "target_parameters", "modules_to_save")
+# config.json keys that say where or with what a model was saved, not what it computes.
+_PROVENANCE_CONFIG_KEYS = ("_name_or_path", "_commit_hash", "transformers_version")
+# A file's cached data hash is trusted only if the file was last modified this long before it was hashed:
+# filesystem timestamps are coarse, so a same-size rewrite within one tick would otherwise look unchanged.
+_RACY_MTIME_NS = 2_000_000_000
+
+
+def base_model_hash(model_cfg: ModelConfig, model_dir: str | Path | None = None) -> str:
+    """The base model's identity as results records hold it (16 hex characters).
+
+    A local directory is identified by its content (`model_fingerprint`). A hub id (kind=hf, no such local
+    directory) is identified by the id and the commit its revision resolves to: a hub commit fixes every file, and
+    resolving it needs only config.json, from the local hub cache when offline. A local copy of a hub model
+    therefore has a different identity from the hub id: compare runs that name the model the same way.
+    """
+    model_dir = prepare_model_dir(model_cfg) if model_dir is None else model_dir
+    if Path(model_dir).is_dir():
+        return model_fingerprint(Path(model_dir))
+    return _hub_model_identity(str(model_dir), model_cfg.revision)
+
+
 def adapter_hash(adapter_dir: str | Path) -> str:
-    """sha256 of the adapter's weights and config: the identity of an adapter in results and gates."""
-    digest = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        digest.update((Path(adapter_dir) / name).read_bytes())
+    """sha256 of the adapter's tensors and its behaviour-changing LoRA settings: its identity in results and gates.
+
+    Tensors are hashed by name (sorted), dtype, shape and raw bytes, so the file's layout and metadata do not
+    matter; of adapter_config.json only ADAPTER_BEHAVIOUR_KEYS count.
+    """
+    from safetensors import safe_open
+
+    adapter_dir = Path(adapter_dir)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    behaviour = {key: config.get(key) for key in ADAPTER_BEHAVIOUR_KEYS}
+    for key in _UNORDERED_ADAPTER_KEYS:
+        if isinstance(behaviour[key], list):
+            behaviour[key] = sorted(behaviour[key])
+    digest = hashlib.sha256(b"lora-config\0" + json.dumps(behaviour, sort_keys=True).encode() + b"\0")
+    with safe_open(adapter_dir / "adapter_model.safetensors", framework="pt") as weights:
+        for name in sorted(weights.keys()):
+            tensor = weights.get_tensor(name)
+            digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode() + b"\0")
+            digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
 def model_fingerprint(model_dir: Path) -> str:
-    """Hash of config.json and the weight files' names and sizes: cheap, and enough to tell bases apart."""
-    digest = hashlib.sha256((model_dir / "config.json").read_bytes())
+    """Hash of a model directory's config.json and weights (16 hex characters).
+
+    config.json counts without its provenance keys (_name_or_path, transformers_version); each *.safetensors
+    file counts by name, its header's tensor entries (names, dtypes, shapes, offsets) and the sha256 of its data
+    bytes. Hashing the data of a large model takes seconds, so the data hash is cached in
+    $HARNESS_CACHE/fingerprints.json, keyed by the file's absolute path, size and mtime (a file modified in the
+    last two seconds is hashed again next time, see _RACY_MTIME_NS).
+    """
+    config = _without_provenance(json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
+    digest = hashlib.sha256(b"config\0" + json.dumps(config, sort_keys=True).encode() + b"\0")
+    cache_path = cache_root() / "fingerprints.json"
+    cache = _read_fingerprint_cache(cache_path)
+    changed = False
     for weights in sorted(model_dir.glob("*.safetensors")):
-        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+        header, data_start = _safetensors_header(weights)
+        tensors = {name: entry for name, entry in header.items() if name != "__metadata__"}
+        key, stat = str(weights.resolve()), weights.stat()
+        entry = cache.get(key)
+        if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
+            data_sha256 = entry["sha256"]
+        else:
+            hashed_at = time.time_ns()
+            data_sha256 = _hash_file_data(weights, data_start)
+            if stat.st_mtime_ns < hashed_at - _RACY_MTIME_NS and weights.stat().st_mtime_ns == stat.st_mtime_ns:
+                cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": data_sha256}
+                changed = True
+        record = {"file": weights.name, "tensors": tensors, "data_sha256": data_sha256}
+        digest.update(json.dumps(record, sort_keys=True).encode() + b"\0")
+    if changed:
+        write_json_atomic(cache_path, cache)
     return digest.hexdigest()[:16]
+
+
+def _hub_model_identity(repo_id: str, revision: str | None) -> str:
+    from huggingface_hub import hf_hub_download
+
+    # The hub cache keeps every file under snapshots/<commit>/, so config.json's folder names the commit.
+    commit = Path(hf_hub_download(repo_id, "config.json", revision=revision)).parent.name
+    return hashlib.sha256(f"hf:{repo_id}@{commit}".encode()).hexdigest()[:16]
+
+
+def _without_provenance(config):
+    if isinstance(config, dict):
+        return {k: _without_provenance(v) for k, v in config.items() if k not in _PROVENANCE_CONFIG_KEYS}
+    return config
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's JSON header and where its data starts (8-byte little-endian length, then JSON)."""
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        return json.loads(handle.read(length)), 8 + length
+
+
+def _hash_file_data(path: Path, start: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        handle.seek(start)
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_fingerprint_cache(path: Path) -> dict:
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or unreadable: it is only a cache
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,8 +1,15 @@
-"""Shared fixtures: configs composed with Hydra's compose API (no launch) and a tiny 2-layer llama."""
+"""Shared fixtures: configs composed with Hydra's compose API (no launch) and a tiny 2-layer llama.
+
+Every test session gets a private, empty $HARNESS_CACHE (removed at the end), set before any test module is
+imported and inherited by the CLIs the tests start: the suite never reads or writes a user's ~/.cache/harness,
+and a stale cached model or baseline cannot make a test pass. Models are built once per session in it.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -35,9 +42,20 @@ def make_config(overrides: list[str] | None = None) -> RunConfig:
     return to_run_config(compose_config(overrides))
 
 
+def pytest_configure(config):
+    # A hook, not module code: test modules import this file a second time as tests.conftest.
+    config.harness_cache = tempfile.mkdtemp(prefix="harness-test-cache-")
+    os.environ["HARNESS_CACHE"] = config.harness_cache
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.harness_cache, ignore_errors=True)
+
+
 @pytest.fixture
 def tiny_config(tmp_path, monkeypatch) -> RunConfig:
     """A run config on the tiny model with a private baseline cache (models are shared across tests)."""
+    monkeypatch.setattr("harness.baselines.cache_root", lambda: tmp_path / "cache")
     return make_config(TINY_OVERRIDES)
 
 

@@ -2,7 +2,7 @@
 
     python tests/report_screenshot.py reports/rank/report.html [--png reports/rank/screenshot.png]
 
-Needs Debian's `chromium` (apt-get install -y chromium); tests/test_report.py skips its check without it. The
+Needs Debian's `chromium` (apt-get install -y chromium; tests/test_report.py installs it when it can). The
 page must render offline with no JavaScript: Chromium runs with networking and background services off.
 Exit 0 when every check passes, 1 otherwise (the checks are printed as JSON).
 """

@@ -204,14 +204,22 @@ def test_cli_unknown_key_fails_naming_it(tmp_path):
 def test_evalset_cli_check_exits_2_on_a_changed_set(tmp_path):
     shutil.copytree(REPO_ROOT / "evals" / "json_extract", tmp_path / "json_extract")
     path = tmp_path / "json_extract" / "heldout.jsonl"
-    path.write_text(path.read_text().replace("Bruges", "Brugge", 1))
+    overrides = [f"eval.data_file={path}", f"eval.manifest={tmp_path / 'json_extract' / 'manifest.json'}"]
+    # The data file's path is part of the eval set's identity: freeze the copy where it is, so that only the
+    # content edit below can make the check fail.
+    eval_cfg = make_config(overrides).eval
+    freeze(eval_cfg)
+    verify_frozen(eval_cfg)
+    text = path.read_text()
+    assert "Bruges" in text
+    path.write_text(text.replace("Bruges", "Brugge", 1))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "harness.evalset", "check", f"eval.data_file={path}",
-         f"eval.manifest={tmp_path / 'json_extract' / 'manifest.json'}"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "harness.evalset", "check", *overrides],
+        check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
     )
-    assert result.returncode == 2 and "differs from its frozen manifest" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert "differs from its frozen manifest (changed: data_sha256;" in result.stderr
 
 
 @pytest.mark.parametrize("case", ["input_error", "sweep"])

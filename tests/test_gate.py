@@ -147,7 +147,11 @@ def test_inactive_adapter_is_cannot_compare(gate_setup, tmp_path, capsys):
     assert json.loads((out / "gate.json").read_text())["verdict"] == "cannot_compare"
 
 
-def test_mismatched_eval_hash_exits_2_before_loading_a_model(gate_setup, tmp_path, capsys):
+def test_mismatched_eval_hash_exits_2_before_loading_a_model(gate_setup, tmp_path, capsys, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the gate loaded a model before refusing")
+
+    monkeypatch.setattr("harness.model.load_base_model", no_model)  # gate.py imports it when it evaluates
     # The json_extract run's eval set against the golden baseline: different eval sets, nothing to compare.
     code = gate.main(["check", "--candidate", str(gate_setup.run_dir),
                       "--baseline", str(gate_setup.golden_baseline),
@@ -383,13 +387,10 @@ def test_summary_with_hostile_text_renders_to_html_without_links_images_or_scrip
 
 
 # ---------------------------------------------------------------------------------------------------------
-# One real run of the regression checks (lm-eval on a local task), once score_regression exists.
+# One real run of the regression checks (lm-eval on a local task).
 
 
 def test_regression_checks_on_a_real_lm_eval_task(gate_setup, tmp_path):
-    regression = pytest.importorskip("harness.regression")
-    if not hasattr(regression, "score_regression"):
-        pytest.skip("harness.regression.score_regression not written yet")
     overrides = gate_setup.golden_overrides + [
         "run_regression=true", "eval.regression=[{task:harness_general_mc,limit:8,max_regression:0.05}]"]
     cfg = make_config(overrides)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -333,13 +334,7 @@ def test_sweeps_on_the_same_eval_set_share_one_table(sweep_dir, tmp_path):
     assert sorted({r.split(",")[0] for r in rows}) == ["alpha", "rank"] and len(rows) == 8
 
 
-def test_rebuild_is_byte_identical_and_loads_no_model(sweep_dir, tmp_path, monkeypatch):
-    import harness.model
-
-    def no_model(*args, **kwargs):
-        raise AssertionError("the report must not load a model")
-
-    monkeypatch.setattr(harness.model, "load_base_model", no_model)
+def test_rebuild_is_byte_identical_and_loads_no_model(sweep_dir, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     write_report([sweep_dir], first)
     write_report([sweep_dir], second)
@@ -354,10 +349,12 @@ def test_rebuild_is_byte_identical_and_loads_no_model(sweep_dir, tmp_path, monke
     assert default == sweep_dir.parent.parent / "reports" / "rank" / "report.html"
     assert default.read_bytes() == (first / "report.html").read_bytes()
 
-    # The CLI, in a fresh interpreter: same bytes, and torch (so any model) is never imported.
+    # The CLI, in a fresh interpreter (in this one other tests have imported torch): same bytes, and neither
+    # harness.model nor torch (so no model) is ever imported.
     third = tmp_path / "third"
     code = (
         "import sys; from harness.report import main; rc = main(sys.argv[1:]); "
+        "assert 'harness.model' not in sys.modules, 'harness.model imported'; "
         "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
     )
     subprocess.run(
@@ -366,11 +363,32 @@ def test_rebuild_is_byte_identical_and_loads_no_model(sweep_dir, tmp_path, monke
     assert (third / "report.html").read_bytes() == (first / "report.html").read_bytes()
 
 
-def test_report_renders_in_headless_chromium(sweep_dir, tmp_path):
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed with apt-get when missing (as tests/postgres/ installs PostgreSQL).
+
+    Skips only where installing is impossible (not root, or no apt-get); a failed install fails the test.
+    """
     import report_screenshot
 
-    if report_screenshot.find_chromium() is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    if path := report_screenshot.find_chromium():
+        return path
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("chromium is not installed and cannot be: installing it needs root and apt-get "
+                    "(apt-get install -y chromium)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+        if result.returncode != 0:
+            pytest.fail(f"{' '.join(command)} failed ({result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
+    path = report_screenshot.find_chromium()
+    assert path, "apt-get installed chromium, but no chromium executable is on PATH"
+    return path
+
+
+def test_report_renders_in_headless_chromium(sweep_dir, tmp_path, chromium):
+    import report_screenshot
+
     path = write_report([sweep_dir], tmp_path / "report")
     checks = report_screenshot.check_report(path, tmp_path / "screenshot.png")
     assert checks["verdict_on_page"] and checks["images_on_page"] == 4 and checks["screenshot_not_blank"]
