@@ -2,14 +2,17 @@
 
     python -m harness.export <run or trial dir> [--out DIR] [--merge-into dequantized|original] [--name NAME]
         [key=value ...]        # overrides on the run's config.yaml, e.g. train.device=cpu
+    export_run(run_dir, out_dir=None, overrides=None, merge_into="dequantized", name=None) -> ExportResult
 
-Writes --out (default <run dir>/export) atomically, and only into a directory export created itself:
+Reads the run's results.json (a `RunResults` record), config.yaml and adapter/. Writes --out (default
+<run dir>/export) atomically, and only into a directory export created itself:
   adapter/          the PEFT adapter as trained (adapter_config.json + adapter_model.safetensors)
   merged/           base + adapter merged into one fp32 safetensors model with the tokenizer beside it:
                     AutoModelForCausalLM.from_pretrained(merged/), for runtimes without LoRA (llama.cpp, Ollama)
   serving.json      base model identity, rank, alpha, scaling rule, target modules, the vLLM command, the checks
+                    (a `harness.serving.ServingRecord`)
   serving_card.md   the same for a reader
-  export.json       this export's record under `export`, earlier exports of the directory under `previous`
+  export.json       an `ExportHistory`: this export's record under `export`, earlier ones under `previous`
 
 An NF4-trained adapter is merged into the dequantized NF4 weights by default (`--merge-into dequantized`): the
 weights it was trained and evaluated on, read back exactly as `harness.model._dequantized_weight` does. The
@@ -19,17 +22,15 @@ differs from what was evaluated (NF4 base + adapter) by the NF4 quantization err
 evaluated model is measured and reported, not required. An unquantized run has one merge: into its own base.
 
 Proof, run at every export and recorded:
-  scaling_matches_run    adapter_config.json's scale (alpha/r; alpha/sqrt(r) with use_rslora) is the one the run
-                         trained and evaluated with (results.json `adapter`): a config edited afterwards is caught
-  adapter_as_evaluated   base + adapter, on the evaluation's inference path, regenerates the run's recorded greedy
-                         outputs (results.json, final stage) on the evaluation's first batch of held-out examples
-  merged_delta           W_merged - W_base == scaling * B @ A for one target layer, read from the saved files
-  merged_logits          merged model (reloaded from disk) vs base + adapter on the canary prompts: max |logit
-                         difference| within LOGIT_TOLERANCE for the compute dtype
-  merged_greedy          the merged model's greedy outputs == base + adapter's on the same examples
-vLLM's documented LoRA constraints (encoded here; vLLM is not needed): rank <= 512, served with
-`--max-lora-rank` = the smallest allowed value >= r; no DoRA; bias == "none"; no modules_to_save; every target
-module a Linear layer of the base.
+  scaling_matches_run      adapter_config.json's scale (alpha/r; alpha/sqrt(r) with use_rslora) is the one the
+                           run trained and evaluated with (results.adapter): a config edited afterwards is caught
+  adapter_as_evaluated     base + adapter, on the evaluation's inference path, regenerates the run's recorded
+                           greedy outputs (final stage) on the evaluation's first batch of held-out examples
+  merged_delta             W_merged - W_base == scaling * B @ A for one target layer, read from the saved files
+  merged_logits            merged model (reloaded from disk) vs base + adapter on the canary prompts: max |logit
+                           difference| within LOGIT_TOLERANCE for the compute dtype
+  merged_greedy            the merged model's greedy outputs == base + adapter's on the same examples
+adapter_hash_matches_run and base_hash_matches_run are recorded, not required. vLLM's LoRA constraints: see harness.serving.
 
 Exit codes: 0 shipped, every check passed. 1 not shipped: the proof failed; only the record and the card are
 written. 2 bad input: one line naming the path; nothing written. 3 shipped and proven, but vLLM would refuse
@@ -40,36 +41,38 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
-import re
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from harness.artifacts import (
-    git_revision,
-    library_versions,
-    replace_dir_atomic,
-    write_json_atomic,
-    write_text_atomic,
-)
+from harness.artifacts import git_revision, library_versions, replace_dir_atomic, write_text_atomic
 from harness.config import QuantConfig, RunConfig
+from harness.recordio import RecordError, read_record, write_record
+from harness.records import AdapterIdentity, RunResults
+from harness.serving import (  # noqa: F401 (check_servable_ranks: re-exported for harness.sweep)
+    AdapterConfig,
+    BaseModelInfo,
+    Check,
+    ExitCode,
+    ExportHistory,
+    ExportRecord,
+    MergedModel,
+    build_serving_record,
+    check_servable_ranks,
+    default_lora_name,
+    lora_scaling,
+    read_adapter_config,
+    serving_card,
+    vllm_checks,
+)
 
-EXPORT_FORMAT = "harness.export/v1"
-SERVING_FORMAT = "harness.export/serving-v1"
-EXIT_CODES = {"shipped": 0, "not_as_evaluated": 1, "bad_input": 2, "vllm_refuses": 3}
-# vLLM's LoRAConfig.max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512], default 16. It sizes the
-# server's LoRA slots; it is not a rank the adapter must equal. An adapter loads when r <= --max-lora-rank
-# (PEFTHelper.validate_legal) and a smaller one is zero-padded into the slot: padding costs compute, not accuracy.
-VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-VLLM_DEFAULT_MAX_LORA_RANK = 16
 # Largest |logit| difference accepted between the merged model and base + adapter. fp32: the merge only reorders
 # the same float operations (measured ~4e-7 on the tiny model). 16-bit compute rounds the evaluated path's
 # activations; those tolerances are stated bounds, not measurements.
@@ -84,28 +87,9 @@ class ExportError(Exception):
 
 
 @dataclass
-class Check:
-    """One serving or proof check. Gating checks decide the exit code; the others are shown and recorded."""
-
-    name: str
-    ok: bool
-    message: str
-    fix: str = ""
-    measured: float | None = None
-    tolerance: float | None = None
-    gating: bool = True
-
-
-@dataclass
 class ExportResult:
     out_dir: Path
-    exit_code: int
-    verdict: str  # one line: what was shipped, or why not
-    vllm_command: str
-    vllm_checks: list[Check]
-    proof: list[Check]
-    seconds: float
-    record: dict = field(default_factory=dict)
+    record: ExportRecord  # as written to export.json; its `serving` as written to serving.json
 
 
 def export_run(run_dir: Path, out_dir: Path | None = None, overrides: list[str] | None = None,
@@ -115,7 +99,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None, overrides: list[str] 
     # 1. Inputs: the run's files and config, and the output directory, checked before any model loads.
     run_dir = Path(run_dir)
     overrides = list(overrides or [])
-    results, adapter_dir, adapter_config = _read_run(run_dir)
+    results, adapter_dir, adapter = _read_run(run_dir)
     cfg = run_config_from(run_dir, overrides)
     if merge_into not in MERGE_MODES:
         raise ExportError(f"--merge-into {merge_into!r}: expected one of {', '.join(MERGE_MODES)}")
@@ -127,8 +111,8 @@ def export_run(run_dir: Path, out_dir: Path | None = None, overrides: list[str] 
     from harness.evaluate import load_heldout
 
     eval_set_hash = verify_frozen(cfg.eval)
-    if eval_set_hash != results["eval_set"]["hash"]:
-        raise ExportError(f"{run_dir / 'results.json'}: eval set hash {results['eval_set']['hash']} != "
+    if eval_set_hash != results.eval_set.hash:
+        raise ExportError(f"{run_dir / 'results.json'}: eval set hash {results.eval_set.hash} != "
                           f"current {eval_set_hash}: pass the run's eval overrides")
     heldout = load_heldout(cfg.eval)
     recorded = _recorded_outputs(results, run_dir)
@@ -139,9 +123,10 @@ def export_run(run_dir: Path, out_dir: Path | None = None, overrides: list[str] 
         raise ExportError(f"{run_dir / 'results.json'}: no recorded output for {missing[0]}")
 
     # 3. Prove and merge into a staging directory beside --out; publish it with one rename.
-    staging = Path(tempfile.mkdtemp(dir=_parent(out_dir), prefix=f".{out_dir.name}.export-"))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.export-"))
     try:
-        evidence = _prove_and_merge(cfg, results, adapter_dir, adapter_config, heldout[: cfg.eval.canary_examples],
+        evidence = _prove_and_merge(cfg, results, adapter_dir, adapter, heldout[: cfg.eval.canary_examples],
                                     checked, recorded, merge_into, staging / "merged")
         proof_ok = all(c.ok for c in evidence.proof if c.gating)
         if proof_ok:
@@ -152,456 +137,34 @@ def export_run(run_dir: Path, out_dir: Path | None = None, overrides: list[str] 
             shutil.rmtree(staging / "merged")  # never ship what does not behave as evaluated
         if cfg.model.chat_template:
             write_text_atomic(staging / "chat_template.jinja", cfg.model.chat_template)
-        serving = _serving_record(cfg, adapter_dir, adapter_config, evidence, checked, out_dir.resolve(),
-                                  name or default_lora_name(run_dir), proof_ok)
-        record = {
-            "run_dir": str(run_dir),
-            "results": str(run_dir / "results.json"),
-            "overrides": overrides,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "exit_code": serving["exit_code"],
-            "verdict": serving["verdict"],
-            "serving": serving,
-            "git_revision": git_revision(),
-            "library_versions": library_versions(),
-            "device": evidence.base["device"],
-            "wall_time_s": round(time.perf_counter() - started, 2),
-        }
-        write_json_atomic(staging / "serving.json", serving)
-        write_text_atomic(staging / "serving_card.md", serving_card(serving, record))
-        record["files"] = sorted([str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file()]
-                                 + ["export.json"])
-        write_json_atomic(staging / "export.json",
-                          {"format": EXPORT_FORMAT, "export": record, "previous": previous})
+        resolved = out_dir.resolve()
+        serving = build_serving_record(
+            adapter, evidence.adapter_hash, evidence.base, evidence.vllm, evidence.proof, evidence.merged,
+            [e.source for e in checked], resolved, name or default_lora_name(run_dir),
+            cfg.model.revision if cfg.model.kind == "hf" else None,
+            resolved / "chat_template.jinja" if cfg.model.chat_template else None)
+        record = ExportRecord(
+            run_dir=str(run_dir), results=str(run_dir / "results.json"), overrides=overrides,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), exit_code=serving.exit_code,
+            verdict=serving.verdict, serving=serving, git_revision=git_revision(),
+            library_versions=library_versions(), device=evidence.base.device,
+            wall_time_s=round(time.perf_counter() - started, 2))
+        write_record(staging / "serving.json", serving)
+        write_text_atomic(staging / "serving_card.md",
+                          serving_card(serving, record.run_dir, record.created_at, record.wall_time_s))
+        record.files = sorted([str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file()]
+                              + ["export.json"])
+        write_record(staging / "export.json", ExportHistory(record, previous))
         staging.chmod(0o755)  # mkdtemp makes it owner-only; an export is shared like the run it came from
         replace_dir_atomic(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(out_dir, serving["exit_code"], serving["verdict"], serving["vllm"]["command"],
-                        evidence.vllm, evidence.proof, record["wall_time_s"], record)
+    return ExportResult(out_dir, record)
 
 
 def export_command(run_dir: Path) -> str:
     """The command the report's verdict section prints under the adapter it recommends."""
     return f"python -m harness.export {run_dir}"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# vLLM's documented LoRA constraints
-
-
-def vllm_max_lora_rank(rank: int) -> int | None:
-    """The smallest `--max-lora-rank` vLLM accepts that holds an adapter of this rank (None: none does)."""
-    return next((allowed for allowed in VLLM_MAX_LORA_RANKS if allowed >= rank), None)
-
-
-def unservable_ranks(ranks: list[int]) -> list[int]:
-    """Ranks no `--max-lora-rank` can serve (above 512). Ranks <= 0 are config errors, not serving ones."""
-    return sorted({int(r) for r in ranks if int(r) > 0 and vllm_max_lora_rank(int(r)) is None})
-
-
-def check_servable_ranks(ranks: list[int], key: str) -> None:
-    """Raise ValueError naming `key` if vLLM cannot serve one of the ranks (sweeps call this before trial 0)."""
-    bad = unservable_ranks(ranks)
-    if bad:
-        largest = VLLM_MAX_LORA_RANKS[-1]
-        raise ValueError(f"{key}={list(ranks)}: rank(s) {bad} cannot be served by vLLM (largest --max-lora-rank "
-                         f"is {largest}); use {largest} or lower, or set sweep.servable_ranks_only=false")
-
-
-def adapter_rank(adapter_config: dict) -> int:
-    """The adapter's largest rank (rank_pattern can raise single modules above r)."""
-    pattern = adapter_config.get("rank_pattern") or {}
-    return max([int(adapter_config["r"]), *(int(v) for v in pattern.values())])
-
-
-def vllm_checks(adapter_config: dict, linear_names: set[str], architecture: str = "the base model") -> list[Check]:
-    """The adapter against vLLM's LoRA constraints; `linear_names` are the base's Linear module paths."""
-    rank = adapter_rank(adapter_config)
-    max_rank = vllm_max_lora_rank(rank)
-    largest = VLLM_MAX_LORA_RANKS[-1]
-    if max_rank is None:
-        rank_check = Check("vllm_rank", False, f"rank {rank} is not servable by vLLM: the largest --max-lora-rank "
-                           f"is {largest}", fix=f"retrain with r <= {largest}, or serve merged/")
-    elif max_rank != rank:
-        rank_check = Check("vllm_rank", True, f"rank {rank} loads with --max-lora-rank {max_rank}, the smallest "
-                           f"allowed value >= {rank}; vLLM zero-pads it to {max_rank}, which costs compute, not "
-                           f"accuracy (r={_allowed_neighbours(rank)} would fill the slot)")
-    else:
-        default = " (vLLM's default)" if max_rank == VLLM_DEFAULT_MAX_LORA_RANK else ""
-        rank_check = Check("vllm_rank", True, f"rank {rank}: --max-lora-rank {max_rank}{default}")
-    checks = [rank_check]
-
-    if adapter_config.get("use_dora"):
-        checks.append(Check("vllm_dora", False, "use_dora=true: vLLM does not support DoRA adapters",
-                            fix="retrain with plain LoRA (use_dora=false), or serve merged/"))
-    else:
-        checks.append(Check("vllm_dora", True, "no DoRA"))
-    bias = adapter_config.get("bias", "none")
-    if bias != "none":
-        checks.append(Check("vllm_bias", False, f"bias={bias!r}: vLLM refuses adapter bias terms (older versions "
-                            "load them only with --enable-lora-bias)", fix="retrain with bias='none', or serve "
-                            "merged/"))
-    else:
-        checks.append(Check("vllm_bias", True, "bias='none'"))
-    extras = adapter_config.get("modules_to_save")
-    if extras:
-        checks.append(Check("vllm_modules_to_save", False, f"modules_to_save={list(extras)}: vLLM only supports "
-                            "modules_to_save being None (fully trained extra modules are not loaded)",
-                            fix="retrain without modules_to_save, or serve merged/"))
-    else:
-        checks.append(Check("vllm_modules_to_save", True, "no modules_to_save"))
-    targets = adapter_config.get("target_modules") or []
-    targets = [targets] if isinstance(targets, str) else list(targets)
-    unknown = [t for t in targets if not any(_target_matches(t, path) for path in linear_names)]
-    if unknown:
-        leaves = sorted({path.rsplit(".", 1)[-1] for path in linear_names})
-        checks.append(Check("vllm_target_modules", False, f"target module(s) {unknown} match no Linear layer of "
-                            f"{architecture}; vLLM checks target names against the architecture at load",
-                            fix=f"target only existing Linear names: {', '.join(leaves)}"))
-    else:
-        checks.append(Check("vllm_target_modules", True, f"every target module is a Linear layer of {architecture}"))
-    return checks
-
-
-def vllm_command(base: str, lora_name: str, adapter_dir: Path, max_lora_rank: int | None,
-                 revision: str | None = None, chat_template: Path | None = None) -> str:
-    """The `vllm serve` command that loads the base with this adapter, requested as model `lora_name`."""
-    parts = ["vllm", "serve", base]
-    if revision:
-        parts += ["--revision", revision]
-    parts += ["--enable-lora", "--lora-modules", f"{lora_name}={adapter_dir}"]
-    if max_lora_rank is not None:
-        parts += ["--max-lora-rank", str(max_lora_rank)]
-    if chat_template is not None:
-        parts += ["--chat-template", str(chat_template)]
-    return " ".join(parts)
-
-
-def _allowed_neighbours(rank: int) -> str:
-    below = [r for r in VLLM_MAX_LORA_RANKS if r < rank][-1:]
-    above = [r for r in VLLM_MAX_LORA_RANKS if r > rank][:1]
-    return " or ".join(str(r) for r in below + above)
-
-
-def _target_matches(target: str, module_path: str) -> bool:
-    """PEFT's rule: a name matches a module path exactly or as its last component(s); a string is a regex."""
-    return (module_path == target or module_path.endswith("." + target)
-            or re.fullmatch(target, module_path) is not None)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Scaling
-
-
-def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
-    """LoRA's update scale: alpha / r, or alpha / sqrt(r) for rank-stabilised LoRA (rsLoRA)."""
-    return alpha / math.sqrt(r) if use_rslora else alpha / r
-
-
-def adapter_scaling(adapter_config: dict, layer: str | None = None) -> float:
-    """The scale PEFT applies to `layer` (rank_pattern / alpha_pattern override r / lora_alpha per module)."""
-    r, alpha = int(adapter_config["r"]), float(adapter_config["lora_alpha"])
-    if layer is not None:
-        r = int(_pattern_value(adapter_config.get("rank_pattern"), layer, r))
-        alpha = float(_pattern_value(adapter_config.get("alpha_pattern"), layer, alpha))
-    return lora_scaling(r, alpha, bool(adapter_config.get("use_rslora")))
-
-
-def _pattern_value(pattern: dict | None, layer: str, default):
-    for key, value in (pattern or {}).items():
-        if re.match(rf"(.*\.)?({key})$", layer):
-            return value
-    return default
-
-
-def _scaling_rule(adapter_config: dict) -> str:
-    return "alpha/sqrt(r)" if adapter_config.get("use_rslora") else "alpha/r"
-
-
-def _scaling_check(adapter_config: dict, results: dict) -> Check:
-    """The adapter's declared scale vs the one the run trained and evaluated with (the harness's LoRA: alpha/r)."""
-    run_r, run_alpha = int(results["adapter"]["r"]), float(results["adapter"]["alpha"])
-    trained = lora_scaling(run_r, run_alpha, use_rslora=False)
-    declared = adapter_scaling(adapter_config)
-    r, alpha, rule = adapter_config["r"], float(adapter_config["lora_alpha"]), _scaling_rule(adapter_config)
-    if int(r) == run_r and math.isclose(declared, trained, rel_tol=1e-9):
-        return Check("scaling_matches_run", True, f"scale {declared:g} ({rule} = {alpha:g}/{r}), as trained and "
-                     "evaluated", measured=declared)
-    return Check("scaling_matches_run", False,
-                 f"adapter_config.json scales the update by {declared:g} ({rule}; r={r}, lora_alpha={alpha:g}, "
-                 f"use_rslora={bool(adapter_config.get('use_rslora'))}) but the run trained and evaluated it at "
-                 f"{trained:g} (alpha/r = {run_alpha:g}/{run_r}): a server would run another model than the one "
-                 "scored", fix="restore the adapter_config.json the run saved (r, lora_alpha, use_rslora)",
-                 measured=declared)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Proof and merge
-
-
-@dataclass
-class _Evidence:
-    proof: list[Check]
-    vllm: list[Check]
-    base: dict  # the base model's identity and where it ran
-    merged: dict  # how the merge was done
-
-
-def _prove_and_merge(cfg: RunConfig, results: dict, adapter_dir: Path, adapter_config: dict, canary: list,
-                     checked: list, recorded: dict[str, str], merge_into: str, merged_dir: Path) -> _Evidence:
-    from transformers import AutoModelForCausalLM
-
-    from harness.evaluate import generate
-    from harness.model import adapter_hash, load_base_model
-
-    gen = cfg.eval.generation
-    prompts = [e.messages for e in checked]
-    canary_prompts = [e.messages for e in canary]
-
-    # a. The evaluated model: the run's base (NF4 where it was), held as the run held it, with the adapter.
-    base = load_base_model(cfg.model, cfg.quant, cfg.train.device, gradient_checkpointing=False)
-    architecture = type(base.model).__name__
-    linear_names = {n for n, m in base.model.named_modules() if isinstance(m, torch.nn.Linear)}
-    vllm = vllm_checks(adapter_config, linear_names, architecture)
-    base_info = {
-        "id": results["model"]["id"], "hash": results["model"]["hash"], "quantized": results["model"]["quantized"],
-        "compute_dtype": str(base.compute_dtype), "architecture": architecture, "local_dir": str(base.model_dir),
-        "device": base.device,
-        "serve_as": cfg.model.name_or_path if cfg.model.kind == "hf" else str(base.model_dir.resolve()),
-    }
-    same_adapter = adapter_hash(adapter_dir) == results["adapter"]["hash"]
-    same_base = base.model_hash == results["model"]["hash"]
-    proof = [
-        _scaling_check(adapter_config, results),
-        Check("adapter_hash_matches_run", same_adapter, "adapter files hash as results.json recorded"
-              if same_adapter else "adapter files differ from the hash results.json recorded (edited after the "
-              "run, or hashed by another harness version); the behaviour checks decide", gating=False),
-        Check("base_hash_matches_run", same_base, f"base model hash {base.model_hash}"
-              + ("" if same_base else f" != recorded {results['model']['hash']}"), gating=False),
-    ]
-    adapted = _load_adapter(base.model, adapter_dir)
-    reference_logits, mask = _logits(adapted, base.tokenizer, canary_prompts)
-    reference_outputs = generate(adapted, base.tokenizer, prompts, gen.max_new_tokens, gen.batch_size)
-    proof.append(_as_evaluated_check(checked, reference_outputs, recorded, results, base))
-
-    # b. The merge target: the dequantized NF4 weights (default), or the original full-precision weights.
-    if base.quantized and merge_into == "original":
-        del adapted
-        base.model = None
-        gc.collect()
-        plain = load_base_model(cfg.model, QuantConfig(method="none", compute_dtype="float32"), cfg.train.device,
-                                for_training=False).model
-        mode = "original"
-        changes = ("merged into the original full-precision base weights: differs from what was evaluated "
-                   "(NF4 base + adapter) by the NF4 quantization error; agreement is measured, not required")
-    else:
-        plain = adapted.unload()  # the base without LoRA layers, nothing merged
-        if base.quantized:
-            _dequantize_in_place(plain)
-            mode = "dequantized_nf4"
-            changes = ("merged into the dequantized NF4 weights the adapter was trained and evaluated on: "
-                       "reproduces the evaluated model up to float rounding; the NF4 quantization error stays in "
-                       "the merged weights")
-        else:
-            mode = "unquantized"
-            changes = "merged into the run's own unquantized base weights"
-    for tensor in [*plain.parameters(), *plain.buffers()]:
-        if tensor.is_floating_point():
-            tensor.data = tensor.data.float()
-    layer = _delta_layer(adapter_dir)
-    w_base = plain.get_submodule(layer).weight.detach().clone()
-    merged = _load_adapter(plain, adapter_dir).merge_and_unload()
-    _save_plain(merged, base.tokenizer, merged_dir)
-    del merged, plain
-    gc.collect()
-
-    # c. The saved merged model, loaded as a runtime loads it, against the evaluated model.
-    reloaded = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32,
-                                                    device_map={"": 0 if base.device == "cuda" else "cpu"})
-    gating = mode != "original"
-    proof.append(_delta_check(reloaded, layer, w_base, adapter_dir, adapter_config))
-    merged_logits, _ = _logits(reloaded, base.tokenizer, canary_prompts)
-    diff = float((merged_logits - reference_logits).abs()[mask].max())
-    tolerance = LOGIT_TOLERANCE.get(base.compute_dtype, LOGIT_TOLERANCE[torch.bfloat16])
-    proof.append(Check("merged_logits", diff <= tolerance,
-                       f"max |logit diff| merged vs base + adapter on {len(canary)} canary prompts: {diff:.2e} "
-                       f"(tolerance {tolerance:g} for {base.compute_dtype} compute)",
-                       measured=diff, tolerance=tolerance, gating=gating))
-    merged_outputs = generate(reloaded, base.tokenizer, prompts, gen.max_new_tokens, gen.batch_size)
-    differing = [e.source for e, a, b in zip(checked, merged_outputs, reference_outputs) if a != b]
-    proof.append(Check("merged_greedy", not differing,
-                       f"merged greedy outputs identical to base + adapter on {len(checked)} held-out examples"
-                       if not differing else f"merged greedy outputs differ from base + adapter on "
-                       f"{len(differing)}/{len(checked)} held-out examples (first: {differing[0]})",
-                       measured=float(len(differing)), gating=gating))
-    merged_info = {"merge_into": mode, "what_it_changes": changes, "dtype": "float32",
-                   "loads_with": "AutoModelForCausalLM.from_pretrained(<merged>)"}
-    return _Evidence(proof, vllm, base_info, merged_info)
-
-
-def _load_adapter(model, adapter_dir: Path):
-    """harness.model.load_adapter, with PEFT's refusals (e.g. no target module found) as bad input."""
-    from harness.model import load_adapter
-
-    try:
-        return load_adapter(model, adapter_dir)
-    except (ValueError, KeyError, RuntimeError) as err:
-        raise ExportError(f"{adapter_dir}: PEFT cannot load this adapter on the base: {_one_line(err)}") from None
-
-
-def _as_evaluated_check(checked: list, outputs: list[str], recorded: dict[str, str], results: dict,
-                        base) -> Check:
-    differing = [e.source for e, output in zip(checked, outputs) if output != recorded[e.source]]
-    if not differing:
-        return Check("adapter_as_evaluated", True, "base + adapter regenerates the run's recorded greedy outputs "
-                     f"on {len(checked)} held-out examples", measured=0.0)
-    ran = (results.get("metrics", {}).get("device"), results.get("metrics", {}).get("compute_dtype"))
-    where = ""
-    if ran != (base.device, str(base.compute_dtype)):
-        where = (f"; the run evaluated on {ran[0]} with {ran[1]} compute, this export ran on {base.device} with "
-                 f"{base.compute_dtype}: pass train.device={ran[0]} to compare like with like")
-    return Check("adapter_as_evaluated", False,
-                 f"base + adapter does not regenerate the run's recorded outputs on {len(differing)}/"
-                 f"{len(checked)} held-out examples (first: {differing[0]}): the adapter, its config or the base "
-                 f"changed after evaluation{where}",
-                 fix="export the adapter the run evaluated, or re-evaluate this one (python -m harness.gate "
-                 "evaluate)", measured=float(len(differing)))
-
-
-def _delta_check(merged, layer: str, w_base: torch.Tensor, adapter_dir: Path, adapter_config: dict) -> Check:
-    """W_merged - W_base against scaling * B @ A, from the adapter file's tensors, for one target layer."""
-    if adapter_config.get("use_dora"):
-        return Check("merged_delta", True, f"{layer}: skipped (DoRA rescales the merged weight's columns)",
-                     gating=False)
-    from safetensors.torch import load_file
-
-    tensors = load_file(adapter_dir / "adapter_model.safetensors")
-    prefix = f"base_model.model.{layer}"
-    lora_a, lora_b = tensors[f"{prefix}.lora_A.weight"].float(), tensors[f"{prefix}.lora_B.weight"].float()
-    scaling = adapter_scaling(adapter_config, layer)
-    expected = scaling * (lora_b @ lora_a)
-    if adapter_config.get("fan_in_fan_out"):
-        expected = expected.T
-    delta = merged.get_submodule(layer).weight.detach().float().cpu() - w_base.cpu()
-    error = float((delta - expected).abs().max())
-    tolerance = DELTA_RELATIVE_TOLERANCE * max(1.0, float(w_base.abs().max()))
-    return Check("merged_delta", error <= tolerance,
-                 f"{layer}: max |(W_merged - W_base) - {scaling:g} * B @ A| = {error:.2e} (tolerance "
-                 f"{tolerance:.1e}; scale {_scaling_rule(adapter_config)}; |scale * B @ A| up to "
-                 f"{float(expected.abs().max()):.2e})", measured=error, tolerance=tolerance)
-
-
-@torch.no_grad()
-def _logits(model, tokenizer, prompts: list[list[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits over a left-padded batch of chat prompts (as the canary feeds them) and its attention mask."""
-    from harness.model import fast_cpu_inference
-
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        device = next(model.parameters()).device
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        model.eval()
-        with fast_cpu_inference(model):
-            logits = model(**batch).logits.float().cpu()
-    finally:
-        tokenizer.padding_side = previous_side
-    return logits, batch["attention_mask"].bool().cpu()
-
-
-def _dequantize_in_place(model: torch.nn.Module) -> None:
-    """Replace each bitsandbytes 4-bit layer by an fp32 Linear holding exactly the weight it computed with."""
-    import bitsandbytes as bnb
-
-    from harness.model import _dequantized_weight
-
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, bnb.nn.Linear4bit):
-                weight = _dequantized_weight(child).float()
-                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
-                                        device=weight.device, dtype=torch.float32)
-                plain.weight = torch.nn.Parameter(weight, requires_grad=False)
-                if child.bias is not None:
-                    plain.bias = torch.nn.Parameter(child.bias.data.float(), requires_grad=False)
-                setattr(parent, child_name, plain)
-
-
-def _delta_layer(adapter_dir: Path) -> str:
-    """The module path of the adapter's first LoRA layer, e.g. model.layers.0.self_attn.k_proj."""
-    from safetensors import safe_open
-
-    with safe_open(adapter_dir / "adapter_model.safetensors", framework="pt") as handle:
-        keys = sorted(k for k in handle.keys() if k.endswith(".lora_A.weight"))  # noqa: SIM118 (not iterable)
-    if not keys:
-        raise ExportError(f"{adapter_dir / 'adapter_model.safetensors'}: no lora_A weights in it")
-    return keys[0].removeprefix("base_model.model.").removesuffix(".lora_A.weight")
-
-
-def _save_plain(model, tokenizer, merged_dir: Path) -> None:
-    """Save merged weights as a plain (never quantized) transformers model, with its tokenizer beside it."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    # A model loaded through bitsandbytes keeps its quantizer and refuses a plain save: rebuild from the config.
-    config_dict = model.config.to_dict()
-    config_dict.pop("quantization_config", None)
-    config_dict["dtype"] = "float32"
-    with torch.device("meta"):
-        fresh = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config_dict), dtype=torch.float32)
-    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    fresh.load_state_dict(state, strict=True, assign=True)
-    fresh.tie_weights()
-    fresh.generation_config = model.generation_config
-    fresh.save_pretrained(merged_dir, safe_serialization=True)
-    tokenizer.save_pretrained(merged_dir)
-
-
-def _serving_record(cfg: RunConfig, adapter_dir: Path, adapter_config: dict, evidence: _Evidence,
-                    checked: list, out_dir: Path, lora_name: str, proof_ok: bool) -> dict:
-    from harness.model import adapter_hash
-
-    vllm_ok = all(c.ok for c in evidence.vllm)
-    max_rank = vllm_max_lora_rank(adapter_rank(adapter_config))
-    command = vllm_command(evidence.base["serve_as"], lora_name, out_dir / "adapter", max_rank,
-                           cfg.model.revision if cfg.model.kind == "hf" else None,
-                           out_dir / "chat_template.jinja" if cfg.model.chat_template else None)
-    if not proof_ok:
-        exit_code = EXIT_CODES["not_as_evaluated"]
-        failed = next(c for c in evidence.proof if c.gating and not c.ok)
-        verdict = f"NOT SHIPPED: {failed.name}: {failed.message}"
-    elif not vllm_ok:
-        exit_code = EXIT_CODES["vllm_refuses"]
-        failed = next(c for c in evidence.vllm if not c.ok)
-        verdict = (f"SHIPPED {out_dir}, proven as evaluated, but vLLM would refuse the adapter: {failed.message}; "
-                   f"fix: {failed.fix}")
-    else:
-        exit_code = EXIT_CODES["shipped"]
-        verdict = f"SHIPPED {out_dir}: adapter and merged model proven to behave as evaluated; vLLM can serve it"
-    return {
-        "format": SERVING_FORMAT,
-        "exit_code": exit_code,
-        "verdict": verdict,
-        "base_model": evidence.base,
-        "adapter": {
-            "path": str(out_dir / "adapter") if proof_ok else None,
-            "hash": adapter_hash(adapter_dir),
-            "r": adapter_config["r"],
-            "lora_alpha": adapter_config["lora_alpha"],
-            "use_rslora": bool(adapter_config.get("use_rslora")),
-            "scaling_rule": _scaling_rule(adapter_config),
-            "scaling": adapter_scaling(adapter_config),
-            "target_modules": adapter_config["target_modules"],
-            "use_dora": bool(adapter_config.get("use_dora")),
-            "bias": adapter_config.get("bias", "none"),
-            "modules_to_save": adapter_config.get("modules_to_save"),
-        },
-        "vllm": {"servable": vllm_ok, "max_lora_rank": max_rank, "lora_name": lora_name, "command": command,
-                 "checks": [asdict(c) for c in evidence.vllm]},
-        "merged": {**evidence.merged, "path": str(out_dir / "merged") if proof_ok else None},
-        "proof": {"ok": proof_ok, "checks": [asdict(c) for c in evidence.proof],
-                  "checked_examples": [e.source for e in checked]},
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -643,79 +206,58 @@ def run_config_from(run_dir: Path, overrides: list[str]) -> RunConfig:
     return cfg
 
 
-def default_lora_name(run_dir: Path) -> str:
-    """`<sweep>-<trial>` for a sweep trial (sweeps/rank/trials/002 -> rank-002), else the directory's name."""
-    resolved = Path(run_dir).resolve()
-    name = f"{resolved.parent.parent.name}-{resolved.name}" if resolved.parent.name == "trials" else resolved.name
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
-
-
-def _read_run(run_dir: Path) -> tuple[dict, Path, dict]:
+def _read_run(run_dir: Path) -> tuple[RunResults, Path, AdapterConfig]:
     """(results.json, adapter dir, adapter_config.json) of a finished run, or ExportError naming what is wrong."""
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: not a directory (expected a run or sweep trial directory)")
     results_path = run_dir / "results.json"
-    results = _read_json(results_path)
-    if results.get("status") != "complete":
-        raise ExportError(f"{results_path}: status {results.get('status')!r}, expected 'complete'")
-    for key in ("model", "adapter", "eval_set", "stages", "final"):
-        if key not in results:
-            raise ExportError(f"{results_path}: no {key!r} section")
+    try:
+        results = read_record(RunResults, results_path)
+    except RecordError as err:
+        raise ExportError(_one_line(err)) from None
+    if results.status != "complete":
+        raise ExportError(f"{results_path}: status {results.status!r}, expected 'complete'")
     adapter_dir = run_dir / "adapter"
     for file_name in ("adapter_config.json", "adapter_model.safetensors"):
         if not (adapter_dir / file_name).is_file():
             raise ExportError(f"{adapter_dir / file_name} not found (adapters load from safetensors only)")
-    adapter_config = _read_json(adapter_dir / "adapter_config.json")
-    if adapter_config.get("peft_type") != "LORA":
-        raise ExportError(f"{adapter_dir / 'adapter_config.json'}: peft_type {adapter_config.get('peft_type')!r}, "
-                          "expected 'LORA'")
-    for key in ("r", "lora_alpha", "target_modules"):
-        if key not in adapter_config:
-            raise ExportError(f"{adapter_dir / 'adapter_config.json'}: no {key!r}")
-    return results, adapter_dir, adapter_config
-
-
-def _recorded_outputs(results: dict, run_dir: Path) -> dict[str, str]:
-    stage = results["final"].get("stage")
     try:
-        return {row["source"]: row["output"] for row in results["stages"][stage]["heldout"]["per_example"]}
-    except (KeyError, TypeError):
+        adapter = read_adapter_config(adapter_dir / "adapter_config.json")
+    except RecordError as err:
+        raise ExportError(_one_line(err)) from None
+    return results, adapter_dir, adapter
+
+
+def _recorded_outputs(results: RunResults, run_dir: Path) -> dict[str, str]:
+    """source -> greedy output the run recorded for its final stage."""
+    stage = results.stages.get(results.final.stage)
+    if stage is None or not stage.heldout.per_example:
         raise ExportError(f"{run_dir / 'results.json'}: no per-example held-out outputs for the final stage "
-                          f"{stage!r}") from None
+                          f"{results.final.stage!r}")
+    return {row.source: row.output for row in stage.heldout.per_example}
 
 
-def _check_out_dir(out_dir: Path) -> list[dict]:
+def _check_out_dir(out_dir: Path) -> list[ExportRecord]:
     """Refuse an existing non-empty directory that export did not create; return its earlier export records."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"--out {out_dir}: exists and is not a directory")
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return []
-    record_path = out_dir / "export.json"
-    record = _read_json(record_path) if record_path.is_file() else {}
-    if record.get("format") != EXPORT_FORMAT:
+    if not (out_dir / "export.json").is_file():
         raise ExportError(f"--out {out_dir}: exists, is not empty and was not created by harness.export "
                           "(no export.json); choose another --out")
-    ours = set(record["export"]["files"])
+    try:
+        history = read_record(ExportHistory, out_dir / "export.json")
+    except RecordError as err:
+        raise ExportError(f"--out {out_dir}: not an export directory harness.export can replace "
+                          f"({_one_line(err)}); choose another --out") from None
+    ours = set(history.export.files)
     foreign = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")
                      if p.is_file() and str(p.relative_to(out_dir)) not in ours)
     if foreign:
         raise ExportError(f"--out {out_dir}: holds {foreign[0]}, which harness.export did not write; move it or "
                           "choose another --out")
-    return [record["export"], *record.get("previous", [])]
-
-
-def _parent(out_dir: Path) -> Path:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return out_dir.parent
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExportError(f"{path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ExportError(f"{path}: not valid JSON ({err})") from None
+    return [history.export, *history.previous]
 
 
 def _one_line(err: BaseException) -> str:
@@ -723,69 +265,249 @@ def _one_line(err: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Card and command line
+# Proof and merge
 
 
-def serving_card(serving: dict, record: dict) -> str:
-    """serving.json for a reader: what to serve, the exact command, and the evidence it serves as evaluated."""
-    base, adapter, vllm, merged, proof = (serving[k] for k in ("base_model", "adapter", "vllm", "merged", "proof"))
-    targets = adapter["target_modules"]
-    targets = ", ".join(targets) if isinstance(targets, list) else f"regex {targets!r}"
-    held = "quantized (NF4)" if base["quantized"] else "unquantized"
-    rslora = " (rsLoRA)" if adapter["use_rslora"] else ""
-    checked = proof["checked_examples"]
-    lines = [
-        "# Serving card",
-        "",
-        f"**{serving['verdict']}**",
-        "",
-        (f"Run `{record['run_dir']}`, exported {record['created_at']} in {record['wall_time_s']:.1f} s on "
-         f"{record['device']}."),
-        "",
-        "## Base model",
-        f"- id `{base['id']}`, hash `{base['hash']}`, architecture {base['architecture']}",
-        f"- trained and evaluated {held}, {base['compute_dtype']} compute; weights `{base['local_dir']}`",
-        "",
-        "## Adapter",
-        (f"- rank {adapter['r']}, lora_alpha {adapter['lora_alpha']:g}, scaling {adapter['scaling_rule']} = "
-         f"{adapter['scaling']:g}{rslora}"),
-        f"- target modules: {targets}",
-        f"- DoRA {adapter['use_dora']}, bias {adapter['bias']!r}, modules_to_save {adapter['modules_to_save']}",
-        f"- hash `{adapter['hash']}`; files `{adapter['path'] or 'not shipped'}`",
-        "",
-        "## vLLM: one base, adapters hot-swapped",
-        "```",
-        vllm["command"],
-        "```",
-        f"Request model `{vllm['lora_name']}`. vLLM's LoRA constraints:",
-        *[_card_line(c, "REFUSED") for c in vllm["checks"]],
+@dataclass
+class _Evidence:
+    proof: list[Check]
+    vllm: list[Check]
+    base: BaseModelInfo  # the base model's identity and where it ran
+    merged: MergedModel  # how the merge was done
+    adapter_hash: str
+
+
+def _prove_and_merge(cfg: RunConfig, results: RunResults, adapter_dir: Path, adapter: AdapterConfig, canary: list,
+                     checked: list, recorded: dict[str, str], merge_into: str, merged_dir: Path) -> _Evidence:
+    from transformers import AutoModelForCausalLM
+
+    from harness.evaluate import generate
+    from harness.model import adapter_hash, load_base_model
+
+    gen = cfg.eval.generation
+    prompts = [e.messages for e in checked]
+    canary_prompts = [e.messages for e in canary]
+
+    # a. The evaluated model: the run's base (NF4 where it was), held as the run held it, with the adapter.
+    base = load_base_model(cfg.model, cfg.quant, cfg.train.device, gradient_checkpointing=False)
+    architecture = type(base.model).__name__
+    linear_names = {n for n, m in base.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    vllm = vllm_checks(adapter, linear_names, architecture)
+    base_info = BaseModelInfo(
+        id=results.model.id, hash=results.model.hash, quantized=results.model.quantized,
+        compute_dtype=str(base.compute_dtype), architecture=architecture, local_dir=str(base.model_dir),
+        device=base.device,
+        serve_as=cfg.model.name_or_path if cfg.model.kind == "hf" else str(base.model_dir.resolve()),
+    )
+    hashed = adapter_hash(adapter_dir)
+    same_base = base.model_hash == results.model.hash
+    proof = [
+        _scaling_check(adapter, results.adapter),
+        _adapter_hash_check(hashed, results.adapter.hash),
+        Check("base_hash_matches_run", same_base, f"base model hash {base.model_hash}"
+              + ("" if same_base else f" != recorded {results.model.hash}"), gating=False),
     ]
-    if base["quantized"]:
-        lines += ["", ("The adapter was trained and evaluated on the NF4-quantized base. Served by vLLM on the "
-                       "full-precision base above, it runs a slightly different model (by the NF4 quantization "
-                       "error); to serve exactly what was evaluated, serve `merged/`.")]
-    if adapter["use_rslora"]:
-        lines += ["", ("rsLoRA: some servers (SGLang) apply alpha/r instead of alpha/sqrt(r), with no error. "
-                       "Serve `merged/` there, or compare the server's outputs with the proof below.")]
-    lines += [
-        "",
-        "## Merged model: runtimes without LoRA (llama.cpp, Ollama)",
-        (f"- `{merged['path'] or 'not shipped'}`: {merged['dtype']} safetensors with the tokenizer; loads with "
-         f"{merged['loads_with']}"),
-        f"- merge `{merged['merge_into']}`: {merged['what_it_changes']}",
-        "",
-        "## Proof: serves as evaluated",
-        *[_card_line(c, "FAILED") for c in proof["checks"]],
-        f"- checked on the first {len(checked)} held-out examples ({checked[0]} to {checked[-1]})",
-        "",
-    ]
-    return "\n".join(lines)
+    adapted = _load_adapter(base.model, adapter_dir)
+    reference_logits, mask = _logits(adapted, base.tokenizer, canary_prompts)
+    reference_outputs = generate(adapted, base.tokenizer, prompts, gen.max_new_tokens, gen.batch_size)
+    proof.append(_as_evaluated_check(checked, reference_outputs, recorded, results, base))
+
+    # b. The merge target: the dequantized NF4 weights (default), or the original full-precision weights.
+    if base.quantized and merge_into == "original":
+        del adapted
+        base.model = None
+        gc.collect()
+        plain = load_base_model(cfg.model, QuantConfig(method="none", compute_dtype="float32"), cfg.train.device,
+                                for_training=False).model
+        mode = "original"
+        changes = ("merged into the original full-precision base weights: differs from what was evaluated "
+                   "(NF4 base + adapter) by the NF4 quantization error; agreement is measured, not required")
+    else:
+        plain = adapted.unload()  # the base without LoRA layers, nothing merged
+        if base.quantized:
+            _dequantize_in_place(plain)
+            mode = "dequantized_nf4"
+            changes = ("merged into the dequantized NF4 weights the adapter was trained and evaluated on: "
+                       "reproduces the evaluated model up to float rounding; the NF4 quantization error stays in "
+                       "the merged weights")
+        else:
+            mode = "unquantized"
+            changes = "merged into the run's own unquantized base weights"
+    for tensor in [*plain.parameters(), *plain.buffers()]:
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.float()
+    layer = _delta_layer(adapter_dir)
+    w_base = plain.get_submodule(layer).weight.detach().clone()
+    merged = _load_adapter(plain, adapter_dir).merge_and_unload()
+    _save_plain(merged, base.tokenizer, merged_dir)
+    del merged, plain
+    gc.collect()
+
+    # c. The saved merged model, loaded as a runtime loads it, against the evaluated model.
+    reloaded = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32,
+                                                    device_map={"": 0 if base.device == "cuda" else "cpu"})
+    gating = mode != "original"
+    proof.append(_delta_check(reloaded, layer, w_base, adapter_dir, adapter))
+    merged_logits, _ = _logits(reloaded, base.tokenizer, canary_prompts)
+    diff = float((merged_logits - reference_logits).abs()[mask].max())
+    tolerance = LOGIT_TOLERANCE.get(base.compute_dtype, LOGIT_TOLERANCE[torch.bfloat16])
+    proof.append(Check("merged_logits", diff <= tolerance,
+                       f"max |logit diff| merged vs base + adapter on {len(canary)} canary prompts: {diff:.2e} "
+                       f"(tolerance {tolerance:g} for {base.compute_dtype} compute)",
+                       measured=diff, tolerance=tolerance, gating=gating))
+    merged_outputs = generate(reloaded, base.tokenizer, prompts, gen.max_new_tokens, gen.batch_size)
+    differing = [e.source for e, a, b in zip(checked, merged_outputs, reference_outputs) if a != b]
+    proof.append(Check("merged_greedy", not differing,
+                       f"merged greedy outputs identical to base + adapter on {len(checked)} held-out examples"
+                       if not differing else f"merged greedy outputs differ from base + adapter on "
+                       f"{len(differing)}/{len(checked)} held-out examples (first: {differing[0]})",
+                       measured=float(len(differing)), gating=gating))
+    merged_info = MergedModel(merge_into=mode, what_it_changes=changes, dtype="float32",
+                              loads_with="AutoModelForCausalLM.from_pretrained(<merged>)")
+    return _Evidence(proof, vllm, base_info, merged_info, hashed)
 
 
-def _card_line(check: dict, failed: str) -> str:
-    status = "ok" if check["ok"] else (failed if check["gating"] else "note")
-    fix = f" Fix: {check['fix']}." if check["fix"] and not check["ok"] else ""
-    return f"- {status} `{check['name']}`: {check['message']}.{fix}"
+def _load_adapter(model, adapter_dir: Path):
+    """harness.model.load_adapter, with PEFT's refusals (e.g. no target module found) as bad input."""
+    from harness.model import load_adapter
+
+    try:
+        return load_adapter(model, adapter_dir)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise ExportError(f"{adapter_dir}: PEFT cannot load this adapter on the base: {_one_line(err)}") from None
+
+
+def _scaling_check(adapter: AdapterConfig, recorded: AdapterIdentity) -> Check:
+    """The adapter's declared scale vs the one the run trained and evaluated with (the harness's LoRA: alpha/r)."""
+    trained = lora_scaling(recorded.r, recorded.alpha, use_rslora=False)
+    declared = adapter.scaling()
+    r, alpha, rule = adapter.r, adapter.lora_alpha, adapter.scaling_rule
+    if r == recorded.r and math.isclose(declared, trained, rel_tol=1e-9):
+        return Check("scaling_matches_run", True, f"scale {declared:g} ({rule} = {alpha:g}/{r}), as trained and "
+                     "evaluated", measured=declared)
+    return Check("scaling_matches_run", False,
+                 f"adapter_config.json scales the update by {declared:g} ({rule}; r={r}, lora_alpha={alpha:g}, "
+                 f"use_rslora={adapter.use_rslora}) but the run trained and evaluated it at {trained:g} (alpha/r = "
+                 f"{recorded.alpha:g}/{recorded.r}): a server would run another model than the one scored",
+                 fix="restore the adapter_config.json the run saved (r, lora_alpha, use_rslora)", measured=declared)
+
+
+def _adapter_hash_check(hashed: str, recorded: str) -> Check:
+    same = hashed == recorded
+    return Check("adapter_hash_matches_run", same, "adapter files hash as results.json recorded"
+                 if same else "adapter files differ from the hash results.json recorded (edited after the "
+                 "run, or hashed by another harness version); the behaviour checks decide", gating=False)
+
+
+def _as_evaluated_check(checked: list, outputs: list[str], recorded: dict[str, str], results: RunResults,
+                        base) -> Check:
+    differing = [e.source for e, output in zip(checked, outputs) if output != recorded[e.source]]
+    if not differing:
+        return Check("adapter_as_evaluated", True, "base + adapter regenerates the run's recorded greedy outputs "
+                     f"on {len(checked)} held-out examples", measured=0.0)
+    ran = (results.metrics.device, results.metrics.compute_dtype)
+    where = ""
+    if ran != (base.device, str(base.compute_dtype)):
+        where = (f"; the run evaluated on {ran[0]} with {ran[1]} compute, this export ran on {base.device} with "
+                 f"{base.compute_dtype}: pass train.device={ran[0]} to compare like with like")
+    return Check("adapter_as_evaluated", False,
+                 f"base + adapter does not regenerate the run's recorded outputs on {len(differing)}/"
+                 f"{len(checked)} held-out examples (first: {differing[0]}): the adapter, its config or the base "
+                 f"changed after evaluation{where}",
+                 fix="export the adapter the run evaluated, or re-evaluate this one (python -m harness.gate "
+                 "evaluate)", measured=float(len(differing)))
+
+
+def _delta_check(merged, layer: str, w_base: torch.Tensor, adapter_dir: Path, adapter: AdapterConfig) -> Check:
+    """W_merged - W_base against scaling * B @ A, from the adapter file's tensors, for one target layer."""
+    if adapter.use_dora:
+        return Check("merged_delta", True, f"{layer}: skipped (DoRA rescales the merged weight's columns)",
+                     gating=False)
+    from safetensors.torch import load_file
+
+    tensors = load_file(adapter_dir / "adapter_model.safetensors")
+    prefix = f"base_model.model.{layer}"
+    lora_a, lora_b = tensors[f"{prefix}.lora_A.weight"].float(), tensors[f"{prefix}.lora_B.weight"].float()
+    scaling = adapter.scaling(layer)
+    expected = scaling * (lora_b @ lora_a)
+    if adapter.fan_in_fan_out:
+        expected = expected.T
+    delta = merged.get_submodule(layer).weight.detach().float().cpu() - w_base.cpu()
+    error = float((delta - expected).abs().max())
+    tolerance = DELTA_RELATIVE_TOLERANCE * max(1.0, float(w_base.abs().max()))
+    return Check("merged_delta", error <= tolerance,
+                 f"{layer}: max |(W_merged - W_base) - {scaling:g} * B @ A| = {error:.2e} (tolerance "
+                 f"{tolerance:.1e}; scale {adapter.scaling_rule}; |scale * B @ A| up to "
+                 f"{float(expected.abs().max()):.2e})", measured=error, tolerance=tolerance)
+
+
+@torch.no_grad()
+def _logits(model, tokenizer, prompts: list[list[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits over a left-padded batch of chat prompts (as the canary feeds them) and its attention mask."""
+    from harness.model import fast_cpu_inference
+
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        device = next(model.parameters()).device
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        model.eval()
+        with fast_cpu_inference(model):
+            logits = model(**batch).logits.float().cpu()
+    finally:
+        tokenizer.padding_side = previous_side
+    return logits, batch.attention_mask.bool().cpu()
+
+
+def _dequantize_in_place(model: torch.nn.Module) -> None:
+    """Replace each bitsandbytes 4-bit layer by an fp32 Linear holding exactly the weight it computed with."""
+    import bitsandbytes as bnb
+
+    from harness.model import _dequantized_weight
+
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, bnb.nn.Linear4bit):
+                weight = _dequantized_weight(child).float()
+                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                        device=weight.device, dtype=torch.float32)
+                plain.weight = torch.nn.Parameter(weight, requires_grad=False)
+                if child.bias is not None:
+                    plain.bias = torch.nn.Parameter(child.bias.data.float(), requires_grad=False)
+                setattr(parent, child_name, plain)
+
+
+def _delta_layer(adapter_dir: Path) -> str:
+    """The module path of the adapter's first LoRA layer, e.g. model.layers.0.self_attn.k_proj."""
+    from safetensors import safe_open
+
+    with safe_open(adapter_dir / "adapter_model.safetensors", framework="pt") as handle:
+        keys = sorted(k for k in handle.keys() if k.endswith(".lora_A.weight"))  # noqa: SIM118 (not iterable)
+    if not keys:
+        raise ExportError(f"{adapter_dir / 'adapter_model.safetensors'}: no lora_A weights in it")
+    return keys[0].removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+
+
+def _save_plain(model, tokenizer, merged_dir: Path) -> None:
+    """Save merged weights as a plain (never quantized) transformers model, with its tokenizer beside it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    # A model loaded through bitsandbytes keeps its quantizer and refuses a plain save: rebuild from the config.
+    config_dict = model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.update(dtype="float32")
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config_dict), dtype=torch.float32)
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    fresh.load_state_dict(state, strict=True, assign=True)
+    fresh.tie_weights()
+    fresh.generation_config = model.generation_config
+    fresh.save_pretrained(merged_dir, safe_serialization=True)
+    tokenizer.save_pretrained(merged_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -804,15 +526,16 @@ def main(argv: list[str] | None = None) -> int:
         result = export_run(args.run_dir, args.out, args.overrides, args.merge_into, args.name)
     except (ExportError, DataError, FileNotFoundError) as err:  # DataError: the eval set changed or is missing
         print(f"error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_CODES["bad_input"]
-    print(result.verdict)
-    for check in result.vllm_checks + result.proof:
+        return int(ExitCode.BAD_INPUT)
+    serving = result.record.serving
+    print(serving.verdict)
+    for check in serving.vllm.checks + serving.proof.checks:
         status = "ok" if check.ok else ("FAIL" if check.gating else "note")
         fix = f" (fix: {check.fix})" if check.fix and not check.ok else ""
         print(f"  {status:<4} {check.name}: {check.message}{fix}")
-    print(f"vLLM: {result.vllm_command}")
-    print(f"card: {result.out_dir / 'serving_card.md'} ({result.seconds:.1f} s)")
-    return result.exit_code
+    print(f"vLLM: {serving.vllm.command}")
+    print(f"card: {result.out_dir / 'serving_card.md'} ({result.record.wall_time_s:.1f} s)")
+    return result.record.exit_code
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ module; each test exports a copy of a run directory, tampered where the test say
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,9 +21,11 @@ import torch
 from conftest import TINY_OVERRIDES, make_config
 from safetensors.torch import load_file, save_file
 
-from harness import export
+from harness import export, serving
 from harness.artifacts import REPO_ROOT
 from harness.evalset import freeze
+from harness.recordio import read_record
+from harness.serving import AdapterConfig, ExportHistory, ServingRecord
 
 # The adapter must change greedy outputs (lr 5e-2), or "regenerates the recorded outputs" would prove nothing.
 EXPORT_TINY = [o for o in TINY_OVERRIDES if o != "quant=none"] + [
@@ -32,8 +35,7 @@ EXPORT_TINY = [o for o in TINY_OVERRIDES if o != "quant=none"] + [
 LLAMA_LINEARS = {f"model.layers.0.{name}" for name in
                  ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")} | {"lm_head"}
-GOOD_CONFIG = {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"], "bias": "none",
-               "use_dora": False, "modules_to_save": None, "rank_pattern": {}}
+GOOD_CONFIG = AdapterConfig(r=16, lora_alpha=32.0, target_modules=["q_proj", "v_proj"])
 
 
 def _run(root: Path, quant: str):
@@ -43,7 +45,7 @@ def _run(root: Path, quant: str):
     cfg = make_config(overrides)
     freeze(cfg.eval)  # these generation settings are a different eval identity than the committed manifest
     results = run_experiment(cfg, root / f"run-{quant}", progress=False)
-    assert results["canary"]["outputs_changed"] > 0, "the fixture adapter must change greedy outputs"
+    assert results.canary.outputs_changed > 0, "the fixture adapter must change greedy outputs"
     return root / f"run-{quant}"
 
 
@@ -116,34 +118,33 @@ def test_merged_model_loads_plainly_and_matches_the_adapter(runs, tmp_path, quan
     assert float((logits - expected_logits).abs()[mask].max()) < 1e-3
     assert generate(merged, tokenizer, prompts, 16, 16) == expected_outputs
 
-    serving = json.loads((out / "serving.json").read_text())
-    assert serving["adapter"]["r"] == 16 and serving["adapter"]["scaling_rule"] == "alpha/r"
-    assert serving["adapter"]["scaling"] == 2.0
-    assert serving["base_model"]["quantized"] is (quant == "nf4")
-    assert serving["merged"]["merge_into"] == ("dequantized_nf4" if quant == "nf4" else "unquantized")
+    served = read_record(ServingRecord, out / "serving.json")
+    assert served.adapter.r == 16 and served.adapter.scaling_rule == "alpha/r"
+    assert served.adapter.scaling == 2.0
+    assert served.base_model.quantized is (quant == "nf4")
+    assert served.merged.merge_into == ("dequantized_nf4" if quant == "nf4" else "unquantized")
     assert (f"--enable-lora --lora-modules {run_dir.name}={out.resolve() / 'adapter'} --max-lora-rank 16"
-            in serving["vllm"]["command"])
-    checks = {c["name"]: c for c in serving["proof"]["checks"]}
-    assert all(c["ok"] for c in checks.values()), checks
-    assert checks["merged_logits"]["measured"] < checks["merged_logits"]["tolerance"] == 1e-3
+            in served.vllm.command)
+    checks = {c.name: c for c in served.proof.checks}
+    assert all(c.ok for c in checks.values()), checks
+    assert checks["merged_logits"].measured < checks["merged_logits"].tolerance == 1e-3
     assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == (
         run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
     assert "## Proof: serves as evaluated" in (out / "serving_card.md").read_text()
-    record = json.loads((out / "export.json").read_text())
-    assert record["export"]["exit_code"] == 0 and record["previous"] == []
+    history = read_record(ExportHistory, out / "export.json")
+    assert history.export.exit_code == 0 and history.previous == [] and history.export.serving == served
     assert (run_dir / "results.json").read_bytes() == results_before  # the run's record is never rewritten
 
 
 def test_merge_into_original_weights_is_recorded_and_not_required_to_match(runs, tmp_path):
     run_dir = _copy(runs.nf4, tmp_path)
     assert export.main([str(run_dir), "--merge-into", "original", "--out", str(tmp_path / "orig")]) == 0
-    serving = json.loads((tmp_path / "orig" / "serving.json").read_text())
-    checks = {c["name"]: c for c in serving["proof"]["checks"]}
-    assert serving["merged"]["merge_into"] == "original" and "NF4 quantization error" in serving["merged"][
-        "what_it_changes"]
-    assert checks["merged_delta"]["ok"] and checks["merged_delta"]["gating"]  # W_orig + scaling * B @ A exactly
+    served = read_record(ServingRecord, tmp_path / "orig" / "serving.json")
+    checks = {c.name: c for c in served.proof.checks}
+    assert served.merged.merge_into == "original" and "NF4 quantization error" in served.merged.what_it_changes
+    assert checks["merged_delta"].ok and checks["merged_delta"].gating  # W_orig + scaling * B @ A exactly
     # The NF4 error shows up as a measured, reported difference from the evaluated model.
-    assert checks["merged_logits"]["gating"] is False and checks["merged_logits"]["measured"] > 1e-3
+    assert checks["merged_logits"].gating is False and checks["merged_logits"].measured > 1e-3
 
 
 def test_rerun_replaces_its_own_export_and_keeps_the_history(runs, tmp_path):
@@ -151,9 +152,20 @@ def test_rerun_replaces_its_own_export_and_keeps_the_history(runs, tmp_path):
     out = tmp_path / "shipped"
     assert export.main([str(run_dir), "--out", str(out), "--name", "json-extract"]) == 0
     assert export.main([str(run_dir), "--out", str(out), "--name", "json-extract"]) == 0
-    record = json.loads((out / "export.json").read_text())
-    assert len(record["previous"]) == 1
-    assert "--lora-modules json-extract=" in record["export"]["serving"]["vllm"]["command"]
+    history = read_record(ExportHistory, out / "export.json")
+    assert len(history.previous) == 1
+    assert "--lora-modules json-extract=" in history.export.serving.vllm.command
+
+    # Strings from data and config reach the card escaped: no HTML, links or broken code spans from a model id.
+    served = history.export.serving
+    served.base_model.id = "<img src=x onerror=alert(1)> [a](http://x) `x` *y*"
+    served.adapter.target_modules = ["q_proj`<b>", "v_proj"]
+    served.verdict += " <script>x</script> **z**"
+    card = serving.serving_card(served, "runs/`a`|<b>", "now", 1.0)
+    assert "id ``<img src=x onerror=alert(1)> [a](http://x) `x` *y*``" in card and "``q_proj`<b>``" in card
+    html = pytest.importorskip("markdown_it").MarkdownIt().render(card)  # CommonMark, raw HTML allowed
+    assert not any(tag in html for tag in ("<img", "<b>", "<script", "<a ", "<em>y")), html
+    assert "&lt;img src=x onerror=alert(1)&gt; [a](http://x) `x` *y*</code>" in html
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -168,22 +180,22 @@ def test_rerun_replaces_its_own_export_and_keeps_the_history(runs, tmp_path):
     ({"target_modules": ["q_proj", "qkv"]}, "vllm_target_modules", "['qkv'] match no Linear layer", "q_proj"),
 ])
 def test_each_vllm_constraint_is_refused_with_its_fix(change, name, message, fix):
-    checks = {c.name: c for c in export.vllm_checks({**GOOD_CONFIG, **change}, LLAMA_LINEARS)}
+    checks = {c.name: c for c in serving.vllm_checks(dataclasses.replace(GOOD_CONFIG, **change), LLAMA_LINEARS)}
     assert not checks[name].ok and message in checks[name].message and fix in checks[name].fix
     assert all(c.ok for n, c in checks.items() if n != name)
 
 
 def test_a_good_adapter_passes_every_vllm_check():
-    assert all(c.ok for c in export.vllm_checks(GOOD_CONFIG, LLAMA_LINEARS))
+    assert all(c.ok for c in serving.vllm_checks(GOOD_CONFIG, LLAMA_LINEARS))
 
 
 def test_max_lora_rank_is_the_smallest_allowed_value_holding_the_rank():
     # --max-lora-rank must be one of vLLM's values; an adapter loads when r <= it (smaller ones are zero-padded).
-    assert [export.vllm_max_lora_rank(r) for r in (1, 4, 8, 16, 24, 33, 320, 512, 513)] == [
+    assert [serving.vllm_max_lora_rank(r) for r in (1, 4, 8, 16, 24, 33, 320, 512, 513)] == [
         1, 8, 8, 16, 32, 64, 320, 512, None]
-    rank_24 = export.vllm_checks({**GOOD_CONFIG, "r": 24}, LLAMA_LINEARS)[0]
+    rank_24 = serving.vllm_checks(dataclasses.replace(GOOD_CONFIG, r=24), LLAMA_LINEARS)[0]
     assert rank_24.ok and "--max-lora-rank 32" in rank_24.message and "r=16 or 32" in rank_24.message
-    assert export.vllm_max_lora_rank(export.adapter_rank({**GOOD_CONFIG, "rank_pattern": {"q_proj": 64}})) == 64
+    assert serving.vllm_max_lora_rank(dataclasses.replace(GOOD_CONFIG, rank_pattern={"q_proj": 64}).rank) == 64
 
 
 def test_unservable_adapter_still_ships_the_merged_model_with_exit_3(runs, tmp_path, capsys):
@@ -193,8 +205,8 @@ def test_unservable_adapter_still_ships_the_merged_model_with_exit_3(runs, tmp_p
     printed = capsys.readouterr().out
     assert "vLLM would refuse the adapter: bias='all'" in printed and "fix: retrain with bias='none'" in printed
     assert (run_dir / "export" / "merged" / "model.safetensors").is_file()
-    serving = json.loads((run_dir / "export" / "serving.json").read_text())
-    assert serving["vllm"]["servable"] is False and serving["proof"]["ok"] is True
+    served = read_record(ServingRecord, run_dir / "export" / "serving.json")
+    assert served.vllm.servable is False and served.proof.ok is True
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -212,7 +224,7 @@ def test_mis_scaled_adapter_config_is_caught(runs, tmp_path, capsys, tamper, sca
     # Caught from the config alone: on a random tiny model a rescaled update need not change a greedy output.
     out = run_dir / "export"
     assert not (out / "merged").exists() and not (out / "adapter").exists()
-    assert json.loads((out / "export.json").read_text())["export"]["exit_code"] == 1
+    assert read_record(ExportHistory, out / "export.json").export.exit_code == 1
 
 
 def test_replaced_adapter_weights_are_caught_by_the_recorded_outputs(runs, tmp_path, capsys):
@@ -244,9 +256,17 @@ def test_bad_input_is_one_line_naming_the_path_and_writes_nothing(runs, tmp_path
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     assert export.main([str(run_dir), "pork=1"]) == 2
     assert "override 'pork=1': Key 'pork' not in 'RunConfig'" in capsys.readouterr().err
+    _edit_adapter_config(run_dir, r="16")
+    assert export.main([str(run_dir)]) == 2
+    assert capsys.readouterr().err == (f"error: {run_dir / 'adapter' / 'adapter_config.json'}: field 'r' must be an "
+                                       "integer, got '16'\n")
     (run_dir / "adapter" / "adapter_model.safetensors").unlink()
     assert export.main([str(run_dir)]) == 2
     assert "adapter_model.safetensors not found" in capsys.readouterr().err
+    results = json.loads((run_dir / "results.json").read_text())
+    (run_dir / "results.json").write_text(json.dumps({**results, "canary": {"n": 1}}))
+    assert export.main([str(run_dir)]) == 2
+    assert capsys.readouterr().err == f"error: {run_dir / 'results.json'}: missing field 'canary.max_logit_diff'\n"
     assert not (run_dir / "export").exists()
 
 
@@ -256,7 +276,7 @@ def test_cli_bad_input_exits_2_without_a_traceback(tmp_path):
                             cwd=REPO_ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
                             text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == f"error: {tmp_path / 'run' / 'results.json'} not found"
+    assert result.stderr.strip() == f"error: {tmp_path / 'run' / 'results.json'}: file not found"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -284,10 +304,11 @@ def test_sweep_refuses_ranks_vllm_cannot_serve_before_any_trial(tmp_path, monkey
 def test_shipped_sweeps_train_servable_ranks(sweep_file):
     cfg = make_config([f"+sweep={sweep_file.stem}"])
     ranks = cfg.sweep.space.lora_r or [cfg.lora.r]
-    assert export.unservable_ranks(ranks) == []
-    assert all(export.vllm_max_lora_rank(r) is not None for r in ranks)
+    assert serving.unservable_ranks(ranks) == []
+    assert all(serving.vllm_max_lora_rank(r) is not None for r in ranks)
 
 
 def test_export_command_names_the_run():
     assert export.export_command(Path("sweeps/rank/trials/002")) == "python -m harness.export sweeps/rank/trials/002"
-    assert export.default_lora_name(Path("sweeps/rank/trials/002")) == "rank-002"
+    assert serving.default_lora_name(Path("sweeps/rank/trials/002")) == "rank-002"
+    assert export.check_servable_ranks is serving.check_servable_ranks  # harness.sweep imports it from export
