@@ -1,40 +1,43 @@
 """Ship a trained adapter: prove that it serves as it was evaluated, and export it.
 
-    python -m harness.export <run or trial dir> [--out DIR] [--merge-into dequantized|original] [--name NAME]
-        [key=value ...]        # overrides on the run's config.yaml, e.g. train.device=cpu
+    python -m harness.export <run or trial dir> [--out DIR] [--merge-into dequantized|original]
+        [--name NAME] [key=value ...]      # overrides on the run's config.yaml, e.g. train.device=cpu
     export_run(run_dir, out_dir=None, overrides=None, merge_into="dequantized", name=None) -> ExportResult
 
 Reads the run's results.json (a `RunResults` record), config.yaml and adapter/. Writes --out (default
 <run dir>/export) atomically, and only into a directory export created itself:
-  adapter/          the PEFT adapter as trained (adapter_config.json + adapter_model.safetensors)
-  merged/           base + adapter merged into one fp32 safetensors model with the tokenizer beside it:
-                    AutoModelForCausalLM.from_pretrained(merged/), for runtimes without LoRA (llama.cpp, Ollama)
-  serving.json      base model identity, rank, alpha, scaling rule, target modules, the vLLM command, the checks
-                    (a `harness.serving.ServingRecord`)
-  serving_card.md   the same for a reader
-  export.json       an `ExportHistory`: this export's record under `export`, earlier ones under `previous`
+  adapter/         the PEFT adapter as trained (adapter_config.json + adapter_model.safetensors)
+  merged/          base + adapter merged into one fp32 safetensors model, tokenizer beside it, for runtimes
+                   without LoRA (llama.cpp, Ollama): AutoModelForCausalLM.from_pretrained(merged/)
+  serving.json     a `harness.serving.ServingRecord`: base model identity, rank, alpha, scaling rule, target
+                   modules, the vLLM command, the checks
+  serving_card.md  the same for a reader
+  export.json      an `ExportHistory`: this export's record under `export`, earlier ones under `previous`
 
-An NF4-trained adapter is merged into the dequantized NF4 weights by default (`--merge-into dequantized`): the
-weights it was trained and evaluated on, read back exactly as `harness.model._dequantized_weight` does. The
-merged model then reproduces the evaluated one up to float rounding, and keeps the NF4 quantization error.
-`--merge-into original` merges into the original full-precision weights: closer to the unquantized base, but it
-differs from what was evaluated (NF4 base + adapter) by the NF4 quantization error, so its agreement with the
-evaluated model is measured and reported, not required. An unquantized run has one merge: into its own base.
+An NF4-trained adapter is merged into the dequantized NF4 weights by default (`--merge-into dequantized`):
+the weights it was trained and evaluated on, read back exactly as `harness.model._dequantized_weight` does.
+The merged model then reproduces the evaluated one up to float rounding, and keeps the NF4 quantization
+error. `--merge-into original` merges into the original full-precision weights: closer to the unquantized
+base, but it differs from what was evaluated (NF4 base + adapter) by the NF4 quantization error, so its
+agreement with the evaluated model is measured and reported, not required. An unquantized run has one
+merge: into its own base.
 
-Proof, run at every export and recorded:
-  scaling_matches_run      adapter_config.json's scale (alpha/r; alpha/sqrt(r) with use_rslora) is the one the
-                           run trained and evaluated with (results.adapter): a config edited afterwards is caught
-  adapter_as_evaluated     base + adapter, on the evaluation's inference path, regenerates the run's recorded
-                           greedy outputs (final stage) on the evaluation's first batch of held-out examples
-  merged_delta             W_merged - W_base == scaling * B @ A for one target layer, read from the saved files
-  merged_logits            merged model (reloaded from disk) vs base + adapter on the canary prompts: max |logit
-                           difference| within LOGIT_TOLERANCE for the compute dtype
-  merged_greedy            the merged model's greedy outputs == base + adapter's on the same examples
-adapter_hash_matches_run and base_hash_matches_run are recorded, not required. vLLM's LoRA constraints: see harness.serving.
+Proof, run at every export and recorded (base_hash_matches_run is recorded, not required):
+  scaling_matches_run       adapter_config.json's scale (alpha/r; alpha/sqrt(r) with use_rslora) is the one
+                            the run trained and evaluated with (results.adapter): an edited config is caught
+  adapter_hash_matches_run  the adapter's content hash (tensors + LoRA settings, model.adapter_hash) is the
+                            one results.json recorded: the adapter shipped is the adapter scored
+  adapter_as_evaluated      base + adapter, on the evaluation's inference path, regenerates the run's
+                            recorded greedy outputs (final stage) on the evaluation's first held-out batch
+  merged_delta              W_merged - W_base == scaling * B @ A for one target layer, from the saved files
+  merged_logits             merged model (reloaded from disk) vs base + adapter on the canary prompts: max
+                            |logit difference| within LOGIT_TOLERANCE for the compute dtype
+  merged_greedy             the merged model's greedy outputs == base + adapter's on the same examples
+vLLM's LoRA constraints are harness.serving's.
 
-Exit codes: 0 shipped, every check passed. 1 not shipped: the proof failed; only the record and the card are
-written. 2 bad input: one line naming the path; nothing written. 3 shipped and proven, but vLLM would refuse
-the adapter as it is: serve merged/, or apply the printed fix.
+Exit codes: 0 shipped, every check passed. 1 not shipped: the proof failed; only the record and the card
+are written. 2 bad input: one line naming the path; nothing written. 3 shipped and proven, but vLLM would
+refuse the adapter as it is: serve merged/, or apply the printed fix.
 """
 
 from __future__ import annotations
@@ -393,10 +396,14 @@ def _scaling_check(adapter: AdapterConfig, recorded: AdapterIdentity) -> Check:
 
 
 def _adapter_hash_check(hashed: str, recorded: str) -> Check:
-    same = hashed == recorded
-    return Check("adapter_hash_matches_run", same, "adapter files hash as results.json recorded"
-                 if same else "adapter files differ from the hash results.json recorded (edited after the "
-                 "run, or hashed by another harness version); the behaviour checks decide", gating=False)
+    """The adapter's content hash (tensors + LoRA hyperparameters) vs results.json's: the adapter scored?"""
+    if hashed == recorded:
+        return Check("adapter_hash_matches_run", True, "adapter hashes as results.json recorded")
+    return Check("adapter_hash_matches_run", False,
+                 f"adapter hash {hashed[:12]} != {recorded[:12]} recorded in results.json: its weights or LoRA "
+                 "hyperparameters changed after the run (or results.json predates the harness's adapter hash)",
+                 fix="export the adapter the run evaluated, or re-evaluate this one (python -m harness.gate "
+                 "evaluate)")
 
 
 def _as_evaluated_check(checked: list, outputs: list[str], recorded: dict[str, str], results: RunResults,

@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 from harness import export, serving
 from harness.artifacts import REPO_ROOT
 from harness.evalset import freeze
-from harness.recordio import read_record
+from harness.recordio import read_record, write_record
+from harness.records import RunResults
 from harness.serving import AdapterConfig, ExportHistory, ServingRecord
 
 # The adapter must change greedy outputs (lr 5e-2), or "regenerates the recorded outputs" would prove nothing.
@@ -66,6 +67,15 @@ def _edit_adapter_config(run_dir: Path, **changes) -> None:
     config = json.loads(path.read_text())
     config.update(changes)
     path.write_text(json.dumps(config))
+
+
+def _record_adapter_hash(run_dir: Path) -> None:
+    """Rewrite results.json's adapter hash: as if the run had trained and evaluated the adapter as it is now."""
+    from harness.model import adapter_hash
+
+    results = read_record(RunResults, run_dir / "results.json")
+    results.adapter.hash = adapter_hash(run_dir / "adapter")
+    write_record(run_dir / "results.json", results)
 
 
 def _adapter_logits_and_outputs(run_dir: Path, quant: str, prompts):
@@ -127,6 +137,7 @@ def test_merged_model_loads_plainly_and_matches_the_adapter(runs, tmp_path, quan
             in served.vllm.command)
     checks = {c.name: c for c in served.proof.checks}
     assert all(c.ok for c in checks.values()), checks
+    assert checks["adapter_hash_matches_run"].gating
     assert checks["merged_logits"].measured < checks["merged_logits"].tolerance == 1e-3
     assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == (
         run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
@@ -201,6 +212,7 @@ def test_max_lora_rank_is_the_smallest_allowed_value_holding_the_rank():
 def test_unservable_adapter_still_ships_the_merged_model_with_exit_3(runs, tmp_path, capsys):
     run_dir = _copy(runs.nf4, tmp_path)
     _edit_adapter_config(run_dir, bias="all")  # loads and merges the same; vLLM refuses it
+    _record_adapter_hash(run_dir)  # as if trained so: the proof passes, only vLLM's constraints fail
     assert export.main([str(run_dir)]) == 3
     printed = capsys.readouterr().out
     assert "vLLM would refuse the adapter: bias='all'" in printed and "fix: retrain with bias='none'" in printed
@@ -227,7 +239,7 @@ def test_mis_scaled_adapter_config_is_caught(runs, tmp_path, capsys, tamper, sca
     assert read_record(ExportHistory, out / "export.json").export.exit_code == 1
 
 
-def test_replaced_adapter_weights_are_caught_by_the_recorded_outputs(runs, tmp_path, capsys):
+def test_replaced_adapter_weights_are_caught_by_hash_and_by_the_recorded_outputs(runs, tmp_path, capsys):
     run_dir = _copy(runs.nf4, tmp_path)
     path = run_dir / "adapter" / "adapter_model.safetensors"
     tensors = load_file(path)
@@ -235,7 +247,9 @@ def test_replaced_adapter_weights_are_caught_by_the_recorded_outputs(runs, tmp_p
               metadata={"format": "pt"})
     assert export.main([str(run_dir)]) == 1
     printed = capsys.readouterr().out
-    assert printed.startswith("NOT SHIPPED: adapter_as_evaluated: base + adapter does not regenerate the run's")
+    assert printed.startswith("NOT SHIPPED: adapter_hash_matches_run: adapter hash ")
+    # The behaviour check catches it on its own too (the hash alone would not say what changed).
+    assert "FAIL adapter_as_evaluated: base + adapter does not regenerate the run's recorded outputs" in printed
     assert "ok   scaling_matches_run" in printed and "ok   merged_delta" in printed
 
 
