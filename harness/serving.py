@@ -12,8 +12,8 @@ vLLM's documented LoRA constraints (encoded here; vLLM is not needed): rank <= 5
 `--max-lora-rank` = the smallest allowed value >= r; no DoRA; bias == "none"; no modules_to_save; every target
 module a Linear layer of the base.
 
-Strings from data or config reach the card only through `md_text` / `md_code` / `md_fence` (the local Markdown
-escaping; to be replaced by harness.render's once it exists).
+Strings from data or config reach the card only escaped: text through harness.render.md_escape, code spans
+and blocks through `md_code` / `md_fence` here.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from enum import IntEnum
 from pathlib import Path
 
 from harness.recordio import RecordError, from_json
+from harness.render import md_escape
 
 SERVING_FORMAT = "harness.export/serving-v1"
 EXPORT_FORMAT = "harness.export/v1"
 # vLLM's LoRAConfig.max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512], default 16. It sizes the
 # server's LoRA slots; it is not a rank the adapter must equal. An adapter loads when r <= --max-lora-rank
-# (PEFTHelper.validate_legal) and a smaller one is zero-padded into the slot: padding costs compute, not accuracy.
+# (PEFTHelper.validate_legal), zero-padded into the slot, which costs compute, not accuracy.
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 
@@ -62,7 +63,7 @@ class Check:
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """The keys of PEFT's adapter_config.json that serving, scaling and merging depend on (others are ignored)."""
+    """The keys of PEFT's adapter_config.json that serving, scaling and merging depend on (others ignored)."""
 
     r: int
     lora_alpha: float
@@ -85,7 +86,7 @@ class AdapterConfig:
         return "alpha/sqrt(r)" if self.use_rslora else "alpha/r"
 
     def scaling(self, layer: str | None = None) -> float:
-        """The scale PEFT applies to `layer` (rank_pattern / alpha_pattern override r / lora_alpha per module)."""
+        """The scale PEFT applies to `layer` (rank_pattern / alpha_pattern override r / lora_alpha)."""
         r, alpha = self.r, self.lora_alpha
         if layer is not None:
             r = int(_pattern_value(self.rank_pattern, layer, r))
@@ -104,7 +105,8 @@ def read_adapter_config(path: str | Path) -> AdapterConfig:
         raise RecordError(f"{path}: peft_type {peft_type!r}, expected 'LORA'")
     known = {f.name for f in fields(AdapterConfig)}
     # PEFT writes null for unset options: absent and null both mean the default (a null r is then missing).
-    return from_json(AdapterConfig, {k: v for k, v in data.items() if k in known and v is not None}, str(path))
+    given = {k: v for k, v in data.items() if k in known and v is not None}
+    return from_json(AdapterConfig, given, str(path))
 
 
 def lora_scaling(r: int, alpha: float, use_rslora: bool) -> float:
@@ -134,26 +136,29 @@ def unservable_ranks(ranks: list[int]) -> list[int]:
 
 
 def check_servable_ranks(ranks: list[int], key: str) -> None:
-    """Raise ValueError naming `key` if vLLM cannot serve one of the ranks (sweeps call this before trial 0)."""
+    """ValueError naming `key` if vLLM cannot serve one of the ranks (sweeps call this before trial 0)."""
     bad = unservable_ranks(ranks)
     if bad:
         largest = VLLM_MAX_LORA_RANKS[-1]
-        raise ValueError(f"{key}={list(ranks)}: rank(s) {bad} cannot be served by vLLM (largest --max-lora-rank "
-                         f"is {largest}); use {largest} or lower, or set sweep.servable_ranks_only=false")
+        raise ValueError(f"{key}={list(ranks)}: rank(s) {bad} cannot be served by vLLM (largest "
+                         f"--max-lora-rank is {largest}); use {largest} or lower, or set "
+                         "sweep.servable_ranks_only=false")
 
 
-def vllm_checks(adapter: AdapterConfig, linear_names: set[str], architecture: str = "the base model") -> list[Check]:
+def vllm_checks(adapter: AdapterConfig, linear_names: set[str],
+                architecture: str = "the base model") -> list[Check]:
     """The adapter against vLLM's LoRA constraints; `linear_names` are the base's Linear module paths."""
     rank = adapter.rank
     max_rank = vllm_max_lora_rank(rank)
     largest = VLLM_MAX_LORA_RANKS[-1]
     if max_rank is None:
-        rank_check = Check("vllm_rank", False, f"rank {rank} is not servable by vLLM: the largest --max-lora-rank "
-                           f"is {largest}", fix=f"retrain with r <= {largest}, or serve merged/")
+        rank_check = Check("vllm_rank", False, f"rank {rank} is not servable by vLLM: the largest "
+                           f"--max-lora-rank is {largest}",
+                           fix=f"retrain with r <= {largest}, or serve merged/")
     elif max_rank != rank:
-        rank_check = Check("vllm_rank", True, f"rank {rank} loads with --max-lora-rank {max_rank}, the smallest "
-                           f"allowed value >= {rank}; vLLM zero-pads it to {max_rank}, which costs compute, not "
-                           f"accuracy (r={_allowed_neighbours(rank)} would fill the slot)")
+        rank_check = Check("vllm_rank", True, f"rank {rank} loads with --max-lora-rank {max_rank}, the "
+                           f"smallest allowed value >= {rank}; vLLM zero-pads it to {max_rank}, which costs "
+                           f"compute, not accuracy (r={_allowed_neighbours(rank)} would fill the slot)")
     else:
         default = " (vLLM's default)" if max_rank == VLLM_DEFAULT_MAX_LORA_RANK else ""
         rank_check = Check("vllm_rank", True, f"rank {rank}: --max-lora-rank {max_rank}{default}")
@@ -165,14 +170,15 @@ def vllm_checks(adapter: AdapterConfig, linear_names: set[str], architecture: st
     else:
         checks.append(Check("vllm_dora", True, "no DoRA"))
     if adapter.bias != "none":
-        checks.append(Check("vllm_bias", False, f"bias={adapter.bias!r}: vLLM refuses adapter bias terms (older "
-                            "versions load them only with --enable-lora-bias)", fix="retrain with bias='none', or "
-                            "serve merged/"))
+        checks.append(Check("vllm_bias", False, f"bias={adapter.bias!r}: vLLM refuses adapter bias terms "
+                            "(older versions load them only with --enable-lora-bias)",
+                            fix="retrain with bias='none', or serve merged/"))
     else:
         checks.append(Check("vllm_bias", True, "bias='none'"))
     if adapter.modules_to_save:
-        checks.append(Check("vllm_modules_to_save", False, f"modules_to_save={list(adapter.modules_to_save)}: vLLM "
-                            "only supports modules_to_save being None (fully trained extra modules are not loaded)",
+        extras = list(adapter.modules_to_save)
+        checks.append(Check("vllm_modules_to_save", False, f"modules_to_save={extras}: vLLM only supports "
+                            "modules_to_save being None (fully trained extra modules are not loaded)",
                             fix="retrain without modules_to_save, or serve merged/"))
     else:
         checks.append(Check("vllm_modules_to_save", True, "no modules_to_save"))
@@ -181,11 +187,12 @@ def vllm_checks(adapter: AdapterConfig, linear_names: set[str], architecture: st
     unknown = [t for t in targets if not any(_target_matches(t, path) for path in linear_names)]
     if unknown:
         leaves = sorted({path.rsplit(".", 1)[-1] for path in linear_names})
-        checks.append(Check("vllm_target_modules", False, f"target module(s) {unknown} match no Linear layer of "
-                            f"{architecture}; vLLM checks target names against the architecture at load",
+        checks.append(Check("vllm_target_modules", False, f"target module(s) {unknown} match no Linear layer "
+                            f"of {architecture}; vLLM checks target names against the architecture at load",
                             fix=f"target only existing Linear names: {', '.join(leaves)}"))
     else:
-        checks.append(Check("vllm_target_modules", True, f"every target module is a Linear layer of {architecture}"))
+        checks.append(Check("vllm_target_modules", True,
+                            f"every target module is a Linear layer of {architecture}"))
     return checks
 
 
@@ -206,7 +213,8 @@ def vllm_command(base: str, lora_name: str, adapter_dir: Path, max_lora_rank: in
 def default_lora_name(run_dir: Path) -> str:
     """`<sweep>-<trial>` for a sweep trial (sweeps/rank/trials/002 -> rank-002), else the directory's name."""
     resolved = Path(run_dir).resolve()
-    name = f"{resolved.parent.parent.name}-{resolved.name}" if resolved.parent.name == "trials" else resolved.name
+    trial = resolved.parent.name == "trials"
+    name = f"{resolved.parent.parent.name}-{resolved.name}" if trial else resolved.name
     return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
 
 
@@ -307,17 +315,19 @@ def build_serving_record(adapter: AdapterConfig, adapter_hash: str, base: BaseMo
     elif not vllm_ok:
         exit_code = ExitCode.VLLM_REFUSES
         failed = next(c for c in vllm if not c.ok)
-        verdict = (f"SHIPPED {out_dir}, proven as evaluated, but vLLM would refuse the adapter: {failed.message}; "
-                   f"fix: {failed.fix}")
+        verdict = (f"SHIPPED {out_dir}, proven as evaluated, but vLLM would refuse the adapter: "
+                   f"{failed.message}; fix: {failed.fix}")
     else:
         exit_code = ExitCode.SHIPPED
-        verdict = f"SHIPPED {out_dir}: adapter and merged model proven to behave as evaluated; vLLM can serve it"
+        verdict = (f"SHIPPED {out_dir}: adapter and merged model proven to behave as evaluated; vLLM can "
+                   "serve it")
     served = ServedAdapter(
         path=str(out_dir / "adapter") if proof_ok else None, hash=adapter_hash, r=adapter.r,
         lora_alpha=adapter.lora_alpha, use_rslora=adapter.use_rslora, scaling_rule=adapter.scaling_rule,
         scaling=adapter.scaling(), target_modules=adapter.target_modules, use_dora=adapter.use_dora,
         bias=adapter.bias, modules_to_save=adapter.modules_to_save)
-    return ServingRecord(int(exit_code), verdict, base, served, VllmServing(vllm_ok, max_rank, lora_name, command, vllm),
+    return ServingRecord(int(exit_code), verdict, base, served,
+                         VllmServing(vllm_ok, max_rank, lora_name, command, vllm),
                          replace(merged, path=str(out_dir / "merged") if proof_ok else None),
                          Proof(proof_ok, proof, checked_sources))
 
@@ -354,10 +364,12 @@ class ExportHistory:
 
 
 def serving_card(serving: ServingRecord, run_dir: str, created_at: str, seconds: float) -> str:
-    """serving.json for a reader: what to serve, the exact command, and the evidence it serves as evaluated."""
-    base, adapter, vllm, merged, proof = serving.base_model, serving.adapter, serving.vllm, serving.merged, serving.proof
+    """serving.json for a reader: what to serve, the exact command, the evidence it serves as evaluated."""
+    base, adapter, vllm, merged, proof = (serving.base_model, serving.adapter, serving.vllm, serving.merged,
+                                          serving.proof)
     targets = adapter.target_modules
-    targets = ", ".join(md_code(t) for t in targets) if isinstance(targets, list) else f"regex {md_code(targets)}"
+    targets = (", ".join(md_code(t) for t in targets) if isinstance(targets, list)
+               else f"regex {md_code(targets)}")
     extras = ", ".join(md_code(m) for m in adapter.modules_to_save) if adapter.modules_to_save else "none"
     held = "quantized (NF4)" if base.quantized else "unquantized"
     rslora = " (rsLoRA)" if adapter.use_rslora else ""
@@ -365,13 +377,15 @@ def serving_card(serving: ServingRecord, run_dir: str, created_at: str, seconds:
     lines = [
         "# Serving card",
         "",
-        f"**{md_text(serving.verdict)}**",
+        f"**{md_escape(serving.verdict)}**",
         "",
-        f"Run {md_code(run_dir)}, exported {md_text(created_at)} in {seconds:.1f} s on {md_text(base.device)}.",
+        (f"Run {md_code(run_dir)}, exported {md_escape(created_at)} in {seconds:.1f} s on "
+         f"{md_escape(base.device)}."),
         "",
         "## Base model",
-        f"- id {md_code(base.id)}, hash {md_code(base.hash)}, architecture {md_text(base.architecture)}",
-        f"- trained and evaluated {held}, {md_text(base.compute_dtype)} compute; weights {md_code(base.local_dir)}",
+        f"- id {md_code(base.id)}, hash {md_code(base.hash)}, architecture {md_escape(base.architecture)}",
+        (f"- trained and evaluated {held}, {md_escape(base.compute_dtype)} compute; weights "
+         f"{md_code(base.local_dir)}"),
         "",
         "## Adapter",
         (f"- rank {adapter.r}, lora_alpha {adapter.lora_alpha:g}, scaling {adapter.scaling_rule} = "
@@ -386,23 +400,23 @@ def serving_card(serving: ServingRecord, run_dir: str, created_at: str, seconds:
         *[_card_line(c, "REFUSED") for c in vllm.checks],
     ]
     if base.quantized:
-        lines += ["", ("The adapter was trained and evaluated on the NF4-quantized base. Served by vLLM on the "
-                       "full-precision base above, it runs a slightly different model (by the NF4 quantization "
-                       "error); to serve exactly what was evaluated, serve `merged/`.")]
+        lines += ["", ("The adapter was trained and evaluated on the NF4-quantized base. Served by vLLM on "
+                       "the full-precision base above, it runs a slightly different model (by the NF4 "
+                       "quantization error); to serve exactly what was evaluated, serve `merged/`.")]
     if adapter.use_rslora:
         lines += ["", ("rsLoRA: some servers (SGLang) apply alpha/r instead of alpha/sqrt(r), with no error. "
                        "Serve `merged/` there, or compare the server's outputs with the proof below.")]
     lines += [
         "",
         "## Merged model: runtimes without LoRA (llama.cpp, Ollama)",
-        (f"- {md_code(merged.path or 'not shipped')}: {md_text(merged.dtype)} safetensors with the tokenizer; "
-         f"loads with {md_code(merged.loads_with)}"),
-        f"- merge {md_code(merged.merge_into)}: {md_text(merged.what_it_changes)}",
+        (f"- {md_code(merged.path or 'not shipped')}: {md_escape(merged.dtype)} safetensors with the "
+         f"tokenizer; loads with {md_code(merged.loads_with)}"),
+        f"- merge {md_code(merged.merge_into)}: {md_escape(merged.what_it_changes)}",
         "",
         "## Proof: serves as evaluated",
         *[_card_line(c, "FAILED") for c in proof.checks],
-        (f"- checked on the first {len(checked)} held-out examples ({md_text(checked[0])} to {md_text(checked[-1])})"
-         if checked else "- checked on no held-out examples"),
+        (f"- checked on the first {len(checked)} held-out examples ({md_escape(checked[0])} to "
+         f"{md_escape(checked[-1])})" if checked else "- checked on no held-out examples"),
         "",
     ]
     return "\n".join(lines)
@@ -410,27 +424,20 @@ def serving_card(serving: ServingRecord, run_dir: str, created_at: str, seconds:
 
 def _card_line(check: Check, failed: str) -> str:
     status = "ok" if check.ok else (failed if check.gating else "note")
-    fix = f" Fix: {md_text(check.fix)}." if check.fix and not check.ok else ""
-    return f"- {status} {md_code(check.name)}: {md_text(check.message)}.{fix}"
+    fix = f" Fix: {md_escape(check.fix)}." if check.fix and not check.ok else ""
+    return f"- {status} {md_code(check.name)}: {md_escape(check.message)}.{fix}"
 
 
-# Local Markdown escaping for strings from data or config (model ids, paths, module names, messages quoting
-# them). CommonMark lets any ASCII punctuation be backslash-escaped; these are the ones with inline meaning
-# (emphasis, code, links and images, HTML and entities, GFM tables, strikethrough, math).
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>&|~$!#])")
+# Code spans and blocks for strings from data or config (ids, paths, commands); harness.render has escaping
+# for Markdown text (md_escape) but none for code yet. Both make any backticks in the value inert.
 
 
 def _one_line(value) -> str:
     return " ".join(str(value).splitlines())
 
 
-def md_text(value) -> str:
-    """`value` as inert inline Markdown text: one line, every character with Markdown or HTML meaning escaped."""
-    return _MD_SPECIAL.sub(r"\\\1", _one_line(value))
-
-
 def md_code(value) -> str:
-    """`value` as a code span showing it literally, whatever backticks it holds (CommonMark: a longer fence)."""
+    """`value` as a code span showing it literally, whatever backticks it holds (CommonMark: longer fence)."""
     text = _one_line(value)
     if not text.strip():
         return "` `"
