@@ -220,7 +220,7 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda
 
     def __post_init__(self) -> None:
-        if self.stages not in (["sft"], ["dpo"], ["sft", "dpo"]):
+        if tuple(self.stages) not in (("sft",), ("dpo",), ("sft", "dpo")):
             raise ValueError(f"train.stages={self.stages}: expected [sft], [dpo] or [sft, dpo]")
 
 
@@ -261,7 +261,7 @@ class SweepConfig:
     sweeps_dir: str = "sweeps"  # sweep state and trial artifacts go to <sweeps_dir>/<name>/
     heartbeat_interval: int = 60  # seconds; RDB storages mark trials without a heartbeat for grace_period stale
     grace_period: int = 180
-    # refuse LoRA ranks vLLM cannot serve (above 512) before trial 0; see harness.export.unservable_ranks
+    # refuse LoRA ranks vLLM cannot serve (above 512) before trial 0; see harness.serving.unservable_ranks
     servable_ranks_only: bool = True
 
     def __post_init__(self) -> None:

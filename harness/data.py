@@ -11,8 +11,8 @@ loss-carrying tokens marked) before any training step, and tested.
 from __future__ import annotations
 
 import json
-from itertools import groupby
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 from harness.artifacts import resolve_path
@@ -37,10 +37,29 @@ class DataError(ValueError):
     """Bad training or eval data; the message names the file and line."""
 
 
+@dataclass(frozen=True)
+class Message:
+    role: str  # system, user or assistant
+    content: str
+
+
+def chat(messages: list[Message]) -> list[dict[str, str]]:
+    """Messages in the form chat templates and trl take ({"role", "content"} dicts)."""
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def as_messages(messages: list[Message] | list[dict]) -> list[Message]:
+    """Messages as typed values; {"role", "content"} dicts (as in JSONL rows) are converted."""
+    return [m if isinstance(m, Message) else Message(m.get("role"), m.get("content")) for m in messages]
+
+
 @dataclass
 class Conversation:
-    messages: list[dict]
+    messages: list[Message]
     source: str  # "file:line", for error messages
+
+    def __post_init__(self) -> None:
+        self.messages = as_messages(self.messages)
 
 
 @dataclass
@@ -82,19 +101,23 @@ def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
     return rows
 
 
-def validate_messages(messages, where: str, key: str = "messages", need_assistant: bool = True) -> list[dict]:
+def validate_messages(messages, where: str, key: str = "messages", need_assistant: bool = True) -> list[Message]:
+    """A JSON row's message list, checked and typed; DataError naming the file:line and the message index."""
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: '{key}' must be a non-empty list of {{role, content}} messages")
+    typed = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             raise DataError(f"{where}: {key}[{index}] must be an object with 'role' and 'content'")
-        if message["role"] not in ROLES:
-            raise DataError(f"{where}: {key}[{index}] has unknown role {message['role']!r} (expected {ROLES})")
-        if not isinstance(message["content"], str):
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise DataError(f"{where}: {key}[{index}] has unknown role {role!r} (expected {ROLES})")
+        if not isinstance(content, str):
             raise DataError(f"{where}: {key}[{index}].content must be a string")
-    if need_assistant and not any(message["role"] == "assistant" for message in messages):
+        typed.append(Message(role, content))
+    if need_assistant and not any(message.role == "assistant" for message in typed):
         raise DataError(f"{where}: '{key}' has no assistant message, so nothing would be learned")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return typed
 
 
 def load_sft_data(data: DataConfig) -> SFTData:
@@ -103,8 +126,8 @@ def load_sft_data(data: DataConfig) -> SFTData:
     for where, row in rows:
         if "messages" not in row:
             raise DataError(f"{where}: missing field 'messages' (found keys: {sorted(row)})")
-        messages = validate_messages(row["messages"], where)
-        key = json.dumps(messages, sort_keys=True)
+        messages = validate_messages(row.get("messages"), where)
+        key = json.dumps(chat(messages), sort_keys=True)
         if data.dedupe and key in seen:
             duplicates += 1
             continue
@@ -127,7 +150,7 @@ def check_chat_template(tokenizer, conversations: list[Conversation]) -> None:
         for message in conversation.messages:
             for family, markers in ROLE_MARKERS.items():
                 for marker in markers:
-                    if marker in message["content"]:
+                    if marker in message.content:
                         whose = "this model's own" if marker in own_template else f"another model family's ({family})"
                         raise DataError(
                             f"{conversation.source}: message content contains {marker!r}, {whose} role marker. "
@@ -147,27 +170,28 @@ def tokenize_sft(tokenizer, conversations: list[Conversation], max_length: int) 
     return examples
 
 
-def tokenize_conversation(tokenizer, messages: list[dict], max_length: int, source: str = "") -> TokenizedExample:
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+def tokenize_conversation(tokenizer, messages: list[Message], max_length: int, source: str = "") -> TokenizedExample:
+    messages = as_messages(messages)
+    text = tokenizer.apply_chat_template(chat(messages), tokenize=False)
     spans = _assistant_spans(tokenizer, messages, text, source)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = [
         int(any(start <= tok_start and tok_end <= end for start, end in spans) and tok_end > tok_start)
-        for tok_start, tok_end in encoded["offset_mapping"]
+        for tok_start, tok_end in encoded.offset_mapping
     ]
-    input_ids = list(encoded["input_ids"])
+    input_ids = list(encoded.input_ids)
     truncated = len(input_ids) > max_length
     return TokenizedExample(input_ids[:max_length], mask[:max_length], source, truncated)
 
 
-def _assistant_spans(tokenizer, messages: list[dict], text: str, source: str) -> list[tuple[int, int]]:
+def _assistant_spans(tokenizer, messages: list[Message], text: str, source: str) -> list[tuple[int, int]]:
     """Character spans of each assistant turn, found by rendering the conversation prefix by prefix."""
     spans = []
     for index, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message.role != "assistant":
             continue
-        before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
-        through = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+        before = tokenizer.apply_chat_template(chat(messages[:index]), tokenize=False, add_generation_prompt=True)
+        through = tokenizer.apply_chat_template(chat(messages[: index + 1]), tokenize=False)
         if not (text.startswith(before) and text.startswith(through) and through.startswith(before)):
             raise DataError(
                 f"{source}: the chat template does not render conversations prefix by prefix, so the assistant "
@@ -202,18 +226,29 @@ PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 
 @dataclass
 class PreferencePair:
-    prompt: list[dict] | str
-    chosen: list[dict] | str
-    rejected: list[dict] | str
+    prompt: list[Message] | str
+    chosen: list[Message] | str
+    rejected: list[Message] | str
     source: str  # "file:line", for error messages
+
+    def __post_init__(self) -> None:
+        for name in ("prompt", "chosen", "rejected"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                setattr(self, name, as_messages(value))
 
     @property
     def conversational(self) -> bool:
         return isinstance(self.prompt, list)
 
     @property
-    def prompt_messages(self) -> list[dict]:
-        return self.prompt if isinstance(self.prompt, list) else [{"role": "user", "content": self.prompt}]
+    def prompt_messages(self) -> list[Message]:
+        return self.prompt if isinstance(self.prompt, list) else [Message("user", self.prompt)]
+
+    def as_trl_row(self) -> dict:
+        """The row trl's DPOTrainer takes: message lists as {"role", "content"} dicts, strings verbatim."""
+        return {name: chat(value) if isinstance(value, list) else value
+                for name, value in (("prompt", self.prompt), ("chosen", self.chosen), ("rejected", self.rejected))}
 
     def conversations(self) -> list[Conversation]:
         """prompt + chosen and prompt + rejected; a plain-string row as one user and one assistant turn."""
@@ -250,7 +285,7 @@ def load_preference_data(data: DataConfig) -> PreferenceData:
                 f"{where}: this row uses {formats[pair.conversational]} but {first.source} uses "
                 f"{formats[first.conversational]}; one preference file must use one format"
             )
-        key = json.dumps([pair.prompt, pair.chosen, pair.rejected], sort_keys=True)
+        key = json.dumps(pair.as_trl_row(), sort_keys=True)
         if data.dedupe and key in seen:
             duplicates += 1
             continue
@@ -272,13 +307,13 @@ def _preference_pair(row: dict, where: str) -> PreferencePair:
             if not row[key].strip():
                 raise DataError(f"{where}: {key!r} is empty")
     elif all(isinstance(row[key], list) for key in PREFERENCE_FIELDS):
-        prompt = validate_messages(row["prompt"], where, "prompt", need_assistant=False)
-        if prompt[-1]["role"] != "user":
+        prompt = validate_messages(row.get("prompt"), where, "prompt", need_assistant=False)
+        if prompt[-1].role != "user":
             raise DataError(
-                f"{where}: 'prompt' ends with a turn by {prompt[-1]['role']!r}; it must end with the user turn that "
+                f"{where}: 'prompt' ends with a turn by {prompt[-1].role!r}; it must end with the user turn that "
                 "'chosen' and 'rejected' answer (one prompt per row, the answers go in 'chosen'/'rejected')"
             )
-        if not prompt[-1]["content"].strip():
+        if not prompt[-1].content.strip():
             raise DataError(f"{where}: the last user turn of 'prompt' is empty")
         chosen, rejected = (_single_assistant_turn(row[key], where, key) for key in ("chosen", "rejected"))
     else:
@@ -290,19 +325,19 @@ def _preference_pair(row: dict, where: str) -> PreferencePair:
     return PreferencePair(prompt, chosen, rejected, where)
 
 
-def _single_assistant_turn(messages, where: str, key: str) -> list[dict]:
+def _single_assistant_turn(messages, where: str, key: str) -> list[Message]:
     messages = validate_messages(messages, where, key)
-    roles = [message["role"] for message in messages]
-    if roles != ["assistant"]:
+    roles = [message.role for message in messages]
+    if len(roles) != 1 or roles[0] != "assistant":
         raise DataError(f"{where}: {key!r} must be a single assistant turn, got roles {roles}")
-    if not messages[0]["content"].strip():
+    if not messages[0].content.strip():
         raise DataError(f"{where}: {key!r} is empty")
     return messages
 
 
-def _answer_text(answer: list[dict] | str) -> str:
-    return answer if isinstance(answer, str) else answer[0]["content"]
+def _answer_text(answer: list[Message] | str) -> str:
+    return answer if isinstance(answer, str) else answer[0].content
 
 
-def _answer_messages(answer: list[dict] | str) -> list[dict]:
-    return answer if isinstance(answer, list) else [{"role": "assistant", "content": answer}]
+def _answer_messages(answer: list[Message] | str) -> list[Message]:
+    return answer if isinstance(answer, list) else [Message("assistant", answer)]

@@ -20,7 +20,6 @@ added to `<run_dir>/loss.jsonl` with stage "dpo", after the rows of earlier stag
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -62,7 +61,8 @@ def train_dpo(
 
     if REFERENCE_ADAPTER in model.peft_config:
         raise ValueError(f"the model already has an adapter {REFERENCE_ADAPTER!r}, trl's name for the reference")
-    dataset = Dataset.from_dict({key: [getattr(pair, key) for pair in pairs] for key in PREFERENCE_FIELDS})
+    rows = [pair.as_trl_row() for pair in pairs]
+    dataset = Dataset.from_dict({key: [row[key] for row in rows] for key in PREFERENCE_FIELDS})
     args = DPOConfig(
         output_dir=str(run_dir / "trainer_dpo"),
         beta=stage.beta,
@@ -131,14 +131,15 @@ def _reference_weights(model, policy: dict[str, torch.Tensor], reference_adapter
     if reference_adapter is None:
         # lora_B = 0 makes the adapter's update exactly zero, so base + this adapter computes the base model.
         return {key: torch.zeros_like(w) if ".lora_B." in key else w for key, w in policy.items()}
+    from peft import LoraConfig
     from safetensors.torch import load_file
 
     reference_adapter = Path(reference_adapter)
-    saved_config = json.loads((reference_adapter / "adapter_config.json").read_text())
+    saved_config = LoraConfig.from_pretrained(str(reference_adapter))
     config = model.peft_config[POLICY_ADAPTER]
-    if (saved_config["r"], saved_config["lora_alpha"]) != (config.r, config.lora_alpha):
+    if (saved_config.r, saved_config.lora_alpha) != (config.r, config.lora_alpha):
         raise ValueError(
-            f"{reference_adapter}: r={saved_config['r']}, alpha={saved_config['lora_alpha']} differ from the "
+            f"{reference_adapter}: r={saved_config.r}, alpha={saved_config.lora_alpha} differ from the "
             f"adapter being trained (r={config.r}, alpha={config.lora_alpha}); the reference needs its layout"
         )
     weights = load_file(reference_adapter / "adapter_model.safetensors")

@@ -19,10 +19,10 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.config import EvalConfig
-from harness.data import Conversation, DataError, read_jsonl, validate_messages
+from harness.data import Conversation, DataError, Message, as_messages, chat, read_jsonl, validate_messages
 from harness.graders import aggregate, grade, grader_version
 from harness.model import fast_cpu_inference
-from harness.records import CanaryResult, ExampleResult, HeldoutResult
+from harness.records import CanaryResult, ExampleResult, GradeResult, HeldoutResult
 from harness.stats import estimate
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,12 @@ class AdapterInactiveError(RuntimeError):
 
 @dataclass
 class HeldoutExample:
-    messages: list[dict]  # the prompt: system/user turns, ending before the answer
+    messages: list[Message]  # the prompt: system/user turns, ending before the answer
     reference: Any
     source: str  # file:line
+
+    def __post_init__(self) -> None:
+        self.messages = as_messages(self.messages)
 
 
 def load_heldout(eval_cfg: EvalConfig) -> list[HeldoutExample]:
@@ -46,10 +49,10 @@ def load_heldout(eval_cfg: EvalConfig) -> list[HeldoutExample]:
         for key in ("messages", "reference"):
             if key not in row:
                 raise DataError(f"{where}: missing field {key!r} (found keys: {sorted(row)})")
-        messages = validate_messages(row["messages"], where, need_assistant=False)
-        if messages[-1]["role"] == "assistant":
+        messages = validate_messages(row.get("messages"), where, need_assistant=False)
+        if messages[-1].role == "assistant":
             raise DataError(f"{where}: the held-out prompt must end with a user turn, not the answer")
-        examples.append(HeldoutExample(messages, row["reference"], where))
+        examples.append(HeldoutExample(messages, row.get("reference"), where))
     if eval_cfg.max_examples is not None:
         examples = examples[: eval_cfg.max_examples]
     if not examples:
@@ -58,24 +61,25 @@ def load_heldout(eval_cfg: EvalConfig) -> list[HeldoutExample]:
 
 
 def build_prompt(
-    messages: list[dict], system_prompt: str = "", fewshot: list[Conversation] | None = None
-) -> list[dict]:
+    messages: list[Message], system_prompt: str = "", fewshot: list[Conversation] | None = None
+) -> list[Message]:
     """A held-out prompt, optionally with a system instruction and few-shot turns (the prompt baseline)."""
-    prompt = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    prompt = [Message("system", system_prompt)] if system_prompt else []
     for shot in fewshot or []:
-        prompt.extend(m for m in shot.messages if m["role"] != "system")
+        prompt.extend(m for m in shot.messages if m.role != "system")
     return prompt + messages
 
 
-def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[str]:
+def generate(model, tokenizer, prompts: list[list[Message]], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy completions for chat prompts, batched with left padding."""
     with fast_cpu_inference(model):
         return _generate(model, tokenizer, prompts, max_new_tokens, batch_size)
 
 
 @torch.no_grad()
-def _generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[str]:
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+def _generate(model, tokenizer, prompts: list[list[Message]], max_new_tokens: int, batch_size: int) -> list[str]:
+    texts = [tokenizer.apply_chat_template(chat(as_messages(p)), tokenize=False, add_generation_prompt=True)
+             for p in prompts]
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row ends at its prompt's end
     device = next(model.parameters()).device
@@ -94,7 +98,7 @@ def _generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, 
                 top_k=None,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            new_tokens = generated[:, batch["input_ids"].shape[1] :]
+            new_tokens = generated[:, batch.input_ids.shape[1] :]
             outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = previous_side
@@ -127,15 +131,13 @@ def grade_outputs(
         for index, grader in enumerate(eval_cfg.graders):
             result = grade(grader, output, example.reference)
             grades_by_grader[index].append(result)
-            grades[grader.type if index == 0 else f"{grader.type}_{index}"] = {
-                "score": result.score, "details": result.details
-            }
+            grades[grader.type if index == 0 else f"{grader.type}_{index}"] = GradeResult(result.score, result.details)
         per_example.append(ExampleResult(
             source=example.source,
-            prompt=example.messages[-1]["content"],
+            prompt=example.messages[-1].content,
             output=output,
             reference=example.reference,
-            score=next(iter(grades.values()))["score"],
+            score=grades_by_grader[0][-1].score,
             grades=grades,
         ))
     metrics, versions = {}, {}
@@ -183,7 +185,7 @@ def check_adapter_active(peft_model, tokenizer, examples: list[HeldoutExample], 
 @torch.no_grad()
 def _canary(peft_model, tokenizer, examples: list[HeldoutExample], max_new_tokens: int) -> CanaryResult:
     prompts = [example.messages for example in examples]
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    texts = [tokenizer.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True) for p in prompts]
     previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         device = next(peft_model.parameters()).device
@@ -194,7 +196,7 @@ def _canary(peft_model, tokenizer, examples: list[HeldoutExample], max_new_token
             base = peft_model(**batch).logits.float()
     finally:
         tokenizer.padding_side = previous_side
-    mask = batch["attention_mask"].bool()
+    mask = batch.attention_mask.bool()
     max_diff = float((adapted - base).abs()[mask].max())
     adapter_outputs = generate(peft_model, tokenizer, prompts, max_new_tokens, len(prompts))
     with peft_model.disable_adapter():

@@ -57,9 +57,10 @@ import torch
 
 from harness.artifacts import git_revision, library_versions, replace_dir_atomic, write_text_atomic
 from harness.config import QuantConfig, RunConfig
+from harness.data import chat
 from harness.recordio import RecordError, read_record, write_record
 from harness.records import AdapterIdentity, RunResults
-from harness.serving import (  # noqa: F401 (check_servable_ranks: re-exported for harness.sweep)
+from harness.serving import (
     AdapterConfig,
     BaseModelInfo,
     Check,
@@ -68,7 +69,6 @@ from harness.serving import (  # noqa: F401 (check_servable_ranks: re-exported f
     ExportRecord,
     MergedModel,
     build_serving_record,
-    check_servable_ranks,
     default_lora_name,
     lora_scaling,
     read_adapter_config,
@@ -453,7 +453,7 @@ def _logits(model, tokenizer, prompts: list[list[dict]]) -> tuple[torch.Tensor, 
     """Logits over a left-padded batch of chat prompts (as the canary feeds them) and its attention mask."""
     from harness.model import fast_cpu_inference
 
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    texts = [tokenizer.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True) for p in prompts]
     previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         device = next(model.parameters()).device

@@ -37,6 +37,14 @@ BASELINE_CACHE_FORMAT = "harness.baseline-cache/v1"
 
 
 @dataclass
+class GradeResult:
+    """One grader's verdict on one output."""
+
+    score: float
+    details: dict[str, Any]  # grader-specific, e.g. json_fields: {"valid_json", "fields": {name: 0/1}}
+
+
+@dataclass
 class ExampleResult:
     """One held-out example: what the model said and how each grader scored it."""
 
@@ -45,7 +53,7 @@ class ExampleResult:
     output: str
     reference: Any  # the gold answer, as in the eval file
     score: float  # the first grader's score: the headline
-    grades: dict[str, Any]  # grader name -> {"score", "details"}
+    grades: dict[str, GradeResult]  # grader name (the type; later ones <type>_<index>) -> its verdict
 
 
 @dataclass

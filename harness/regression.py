@@ -1,8 +1,8 @@
 """lm-eval regression benchmarks on an in-memory model: did fine-tuning make the model forget?
 
     scores = run_regression(model, tokenizer, ["harness_general_mc", "harness_instruct_follow"])
-    scores["harness_general_mc"].score          # acc, with .stderr, .n, .task_version
-    scores["harness_general_mc"].per_example    # one score per doc, in doc_id order (paired stats)
+    mc = scores[task_name]    # for "harness_general_mc": its acc, with .stderr, .n, .task_version
+    mc.per_example            # one score per doc, in doc_id order (paired stats)
 
 `model` is a transformers causal LM or a peft PeftModel (the adapter is evaluated as it is attached).
 Task names are looked up among lm-eval's own tasks (hellaswag, arc_easy, ... when their data is

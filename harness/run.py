@@ -12,13 +12,13 @@ unfinished run.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from peft import LoraConfig
 
 from harness.artifacts import (
     git_revision,
@@ -31,6 +31,7 @@ from harness.artifacts import (
 from harness.baselines import get_baselines
 from harness.config import RunConfig
 from harness.data import (
+    Message,
     PreferenceData,
     SFTData,
     TokenizedExample,
@@ -148,7 +149,7 @@ def run_experiment(
             gradient_checkpointing=gradient_checkpointing, callbacks=callbacks, progress=progress,
         )
         loss_log += sft_result.loss_log
-        stages["sft"] = _score_stage(model, base, cfg, inputs.heldout, sft_result, run_dir)
+        stages[sft_result.stage] = _score_stage(model, base, cfg, inputs.heldout, sft_result, run_dir)
     if "dpo" in cfg.train.stages:
         # The reference is the policy DPO starts from: after SFT the SFT adapter (saved, and loaded again frozen),
         # otherwise the base model.
@@ -160,8 +161,8 @@ def run_experiment(
             previous_loss_log=loss_log, callbacks=callbacks, progress=progress,
         )
         loss_log += dpo_result.loss_log
-        stages["dpo"] = _score_stage(model, base, cfg, inputs.heldout, dpo_result, run_dir)
-        stages["dpo"].reference = DpoReference(
+        stages[dpo_result.stage] = dpo_stage = _score_stage(model, base, cfg, inputs.heldout, dpo_result, run_dir)
+        dpo_stage.reference = DpoReference(
             policy="sft" if reference_adapter else "base",
             adapter=str(reference_adapter) if reference_adapter else None,
             adapter_hash=adapter_hash(reference_adapter) if reference_adapter else None,
@@ -218,7 +219,7 @@ def build_results(
     final = stages[final_stage]
     regression_delta = regression_deltas(baselines.regression if baselines else {}, final.regression, cfg)
     trained = {name: stage.train for name, stage in stages.items() if stage.train is not None}
-    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    adapter_config = LoraConfig.from_pretrained(str(adapter_dir))
     return RunResults(
         status="complete",
         kind=kind,
@@ -229,9 +230,9 @@ def build_results(
         model=ModelIdentity(id=base.model_id, hash=base.model_hash, quantized=base.quantized,
                             compute_dtype=str(base.compute_dtype), attn_implementation=base.attn_implementation),
         tokenizer=tokenizer_identity(base.tokenizer),
-        adapter=AdapterIdentity(path=str(adapter_dir), hash=adapter_hash(adapter_dir), r=adapter_config["r"],
-                                alpha=float(adapter_config["lora_alpha"]),
-                                target_modules=_target_modules(adapter_config["target_modules"])),
+        adapter=AdapterIdentity(path=str(adapter_dir), hash=adapter_hash(adapter_dir), r=adapter_config.r,
+                                alpha=float(adapter_config.lora_alpha),
+                                target_modules=_target_modules(adapter_config.target_modules)),
         data=data,
         baselines=baselines,
         stages=stages,
@@ -284,8 +285,8 @@ def tokenizer_identity(tokenizer) -> TokenizerIdentity:
 
 
 def _target_modules(targets) -> list[str] | str:
-    # PEFT saves target_modules as a set-turned-list in arbitrary order, or as one string ("all-linear").
-    return sorted(targets) if isinstance(targets, list) else targets
+    # PEFT holds target_modules as a set (saved as a list in arbitrary order), or as one string ("all-linear").
+    return targets if isinstance(targets, str) else sorted(targets)
 
 
 def regression_deltas(base_scores: dict[str, RegressionScore], adapter_scores: dict[str, RegressionScore],
@@ -331,6 +332,6 @@ def summary_table(results: RunResults) -> str:
     return "\n".join(lines)
 
 
-def _prompt_text(messages: list[dict]) -> str:
-    return "\n".join(m["content"] for m in messages if m["role"] != "assistant")
+def _prompt_text(messages: list[Message]) -> str:
+    return "\n".join(m.content for m in messages if m.role != "assistant")
 

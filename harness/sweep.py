@@ -103,7 +103,7 @@ def run_sweep(cfg: RunConfig) -> SweepSummary:
     if not space:
         raise ValueError(f"sweep.space of sweep {sweep.name!r} is empty: name at least one parameter to vary")
     if sweep.servable_ranks_only:
-        from harness.export import check_servable_ranks
+        from harness.serving import check_servable_ranks
 
         rank_key = "sweep.space.lora_r" if sweep.space.lora_r else "lora.r"
         check_servable_ranks(sweep.space.lora_r or [cfg.lora.r], rank_key)

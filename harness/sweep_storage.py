@@ -105,7 +105,7 @@ def _make_pruner(sweep: SweepConfig):
 
 
 def load_study(sweep: SweepConfig, storage_url: str, space: dict[str, list], sweep_dir: Path):
-    directions = ["maximize", "minimize"] if sweep.objective == "multi" else ["maximize"]
+    directions = ("maximize", "minimize") if sweep.objective == "multi" else ("maximize",)
     study = optuna.create_study(
         study_name=sweep.name,
         storage=make_storage(storage_url, sweep),

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from harness.config import DataConfig, DPOStageConfig, LoraConfig, ModelConfig, QuantConfig, SFTStageConfig
-from harness.data import Conversation, DataError, PreferencePair, load_preference_data, tokenize_sft
+from harness.data import Conversation, DataError, Message, PreferencePair, chat, load_preference_data, tokenize_sft
 from harness.dpo import _adapter_weights, _plain_lm_head, train_dpo
 from harness.model import adapter_hash, attach_lora, load_adapter, load_base_model
 from harness.sft import train_sft
@@ -202,7 +202,7 @@ def test_multi_turn_prompt_ending_with_the_user_is_one_prompt(tmp_path):
     turns = PROMPT + [{"role": "assistant", "content": "Which number?"}, {"role": "user", "content": "One."}]
     path = _write(tmp_path, [json.dumps({**GOOD, "prompt": turns}), json.dumps(GOOD), json.dumps(GOOD)])
     data = load_preference_data(DataConfig(preference_file=str(path)))
-    assert len(data.pairs) == 2 and data.duplicates_removed == 1 and data.pairs[0].prompt == turns
+    assert len(data.pairs) == 2 and data.duplicates_removed == 1 and chat(data.pairs[0].prompt) == turns
 
 
 def test_plain_string_rows_load(tmp_path):
@@ -210,7 +210,7 @@ def test_plain_string_rows_load(tmp_path):
     path = _write(tmp_path, [json.dumps(row) for row in rows])
     data = load_preference_data(DataConfig(preference_file=str(path)))
     assert [pair.conversational for pair in data.pairs] == [False] * 3
-    assert data.pairs[0].prompt_messages == [{"role": "user", "content": "Number 0?"}]
+    assert data.pairs[0].prompt_messages == [Message("user", "Number 0?")]
 
 
 def test_default_preference_data_is_valid():
@@ -230,7 +230,7 @@ def test_preference_prompts_go_through_leakage_and_chat_template_checks(tmp_path
     from harness.run import prepare_inputs
 
     cfg = make_config([*TINY_OVERRIDES, "train=dpo", f"data.preference_file={tmp_path / 'prefs.jsonl'}"])
-    heldout_prompt = [m for m in load_heldout(cfg.eval)[0].messages if m["role"] != "assistant"]
+    heldout_prompt = chat([m for m in load_heldout(cfg.eval)[0].messages if m.role != "assistant"])
     prompt = heldout_prompt if content is None else [{"role": "user", "content": content}]
     _write(tmp_path, [json.dumps(GOOD), json.dumps({**GOOD, "prompt": prompt})])
     with pytest.raises(DataError) as err:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from harness import export, serving
 from harness.artifacts import REPO_ROOT
+from harness.data import chat
 from harness.evalset import freeze
 from harness.recordio import read_record, write_record
 from harness.records import RunResults
@@ -93,7 +94,7 @@ def _adapter_logits_and_outputs(run_dir: Path, quant: str, prompts):
 
 
 def _batch(tokenizer, prompts):
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    texts = [tokenizer.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True) for p in prompts]
     tokenizer.padding_side = "left"
     return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
@@ -325,4 +326,3 @@ def test_shipped_sweeps_train_servable_ranks(sweep_file):
 def test_export_command_names_the_run():
     assert export.export_command(Path("sweeps/rank/trials/002")) == "python -m harness.export sweeps/rank/trials/002"
     assert serving.default_lora_name(Path("sweeps/rank/trials/002")) == "rank-002"
-    assert export.check_servable_ranks is serving.check_servable_ranks  # harness.sweep imports it from export

@@ -27,7 +27,8 @@ SUMMARY = {"score": 0.5, "stderr": 0.35, "ci_low": 0.09, "ci_high": 0.91, "n": 2
 TRAINING = {"stage": "sft", "steps": 2, "train_runtime_s": 1.0, "tokens_seen": 100, "tokens_per_s": 100.0,
             "first_loss": 2.0, "final_loss": 1.0, "peak_memory_mb": 512.0}
 EVAL_SET = {"name": "json_extract", "hash": "abc-first2", "n": 2, "min_score": 0.8}
-MODEL = {"id": "tiny", "hash": "0123456789abcdef", "quantized": True, "compute_dtype": "torch.float32"}
+MODEL = {"id": "tiny", "hash": "0123456789abcdef", "quantized": True, "compute_dtype": "torch.float32",
+         "attn_implementation": "sdpa"}
 TOKENIZER = {"name": "GPT2TokenizerFast", "vocab_size": 49152, "chat_template_sha256": "feedface"}
 ADAPTER = {"path": "run/adapter", "hash": "ff" * 32, "r": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]}
 LEAKAGE = {"n_train": 10, "n_heldout": 2, "exact_overlaps": 0, "ngram_overlaps": 0, "ngram": 13,
@@ -61,7 +62,7 @@ TRIAL = {"format": records.TRIAL_FORMAT, "number": 3, "state": "COMPLETE", "para
 SWEEP = {"format": records.SWEEP_FORMAT, "name": "rank", "question": "q", "command": "python -m harness +sweep=rank",
          "storage": "sqlite:///s.db", "sampler": "grid", "pruner": "none", "objective": "heldout",
          "n_trials": 3, "space": {"lora_r": [4, 8]}, "eval_set": {**EVAL_SET, "n": None},
-         "model": {"id": "tiny", "hash": None, "quantized": True, "compute_dtype": None},
+         "model": {"id": "tiny", "hash": None, "quantized": True, "compute_dtype": None, "attn_implementation": None},
          "price_per_gpu_hour": 2.0, "config": {"seed": 0}, "started_at": "t0", "finished_at": None,
          "wall_time_s": None}
 BEST = {"format": records.BEST_FORMAT, "number": 3, "trial_dir": "t/003", "adapter": "t/003/adapter",
