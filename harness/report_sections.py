@@ -412,11 +412,14 @@ def data_card_section(sweeps: list[Sweep]) -> list:
         row("training examples used", lambda r: r.data.sft_examples),
         row("training examples truncated", lambda r: r.data.sft_truncated),
         row("duplicates removed", lambda r: r.data.duplicates_removed),
-        row("preference duplicates removed", lambda r: r.data.preference_duplicates_removed),
-        row("preference file", lambda r: r.data.preference_file),
-        row("preference pairs", lambda r: r.data.preference_pairs),
-        row("preference rows", lambda r: r.data.preference_rows),
     ]
+    if any(r and r.data.preference_file is not None for _, r in cards):  # a DPO stage ran
+        rows += [
+            row("preference duplicates removed", lambda r: r.data.preference_duplicates_removed),
+            row("preference file", lambda r: r.data.preference_file),
+            row("preference pairs", lambda r: r.data.preference_pairs),
+            row("preference rows", lambda r: r.data.preference_rows),
+        ]
     rows.append(["held-out examples"] + [str(r.eval_set.n) if r else "—" for _, r in cards])
     for task in dict.fromkeys(t for _, r in cards if r for t in r.baselines.regression):
         docs = [r.baselines.regression[task].n if r and task in r.baselines.regression else None for _, r in cards]

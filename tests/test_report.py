@@ -274,9 +274,9 @@ def test_report_has_every_section(sweep_dir, tmp_path):
     # Paired comparisons and fixed/broken examples.
     assert "trial #1 (runner-up)" in page
     assert "fixed 6, broke 1, unchanged 1" in page
-    # Data card and reproduce.
+    # Data card (no preference rows: no DPO data in the best trial's card) and reproduce.
     assert "passed: 0 exact and 0 13-gram overlaps" in page and "⟦" in page
-    assert "| training examples used | 16 |" in markdown
+    assert "| training examples used | 16 |" in markdown and "| preference" not in markdown
     assert "python -m harness model=tiny quant=none lora.r=4" in page
     rows = (out / "trials.csv").read_text().splitlines()
     assert len(rows) == 5 and [r.split(",")[2] for r in rows[1:]] == [
@@ -322,6 +322,24 @@ def test_best_is_the_sweeps_best_json_pick(sweep_dir, tmp_path):
     markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "| held-out | trial \\#1 after SFT | trial \\#1 after DPO | 8 |" in markdown
     assert "Note: the sweep&#x27;s best.json names trial #0, but by the same rule the trials now in " in page
+
+
+def test_data_card_shows_preference_data_when_a_dpo_stage_had_some(sweep_dir, tmp_path):
+    dpo = _copy_sweep(sweep_dir, tmp_path / "sweeps" / "dpo", "dpo")
+
+    def add_preference_data(results):
+        results.data.preference_file = "data/prefs.jsonl"
+        results.data.preference_rows = 12
+        results.data.preference_pairs = 10
+        results.data.preference_duplicates_removed = 2
+
+    _edit_record(dpo / "trials" / "000" / "results.json", RunResults, add_preference_data)
+    write_report([dpo], tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert (
+        "| preference duplicates removed | 2 |\n| preference file | data/prefs.jsonl |\n"
+        "| preference pairs | 10 |\n| preference rows | 12 |\n"
+    ) in markdown
 
 
 def test_sweeps_with_different_eval_sets_or_models_are_refused(sweep_dir, tmp_path, capsys):
