@@ -24,7 +24,6 @@ from conftest import TINY_OVERRIDES, make_config
 from harness.artifacts import REPO_ROOT
 from harness.recordio import read_record, to_json, write_record
 from harness.records import (
-    FinalScores,
     HeldoutResult,
     IntermediateScore,
     ModelIdentity,
@@ -175,20 +174,10 @@ def _add_dpo_stage(results: RunResults, trial_dir, cfg, examples):
 
 
 def _refresh_final(results: RunResults, cfg):
-    """What harness.run.build_results derives from the stages, recomputed after the fixture's edits."""
-    from harness.run import regression_deltas
+    """Re-derive the headline after the fixture's edits, with the builder's own function."""
+    from harness.run import final_scores
 
-    final = results.final_stage
-    deltas = regression_deltas(results.baselines.regression, final.regression, cfg)
-    results.final = FinalScores(
-        stage=results.final.stage,
-        heldout=final.heldout.summary(),
-        meets_min_score=final.heldout.score >= cfg.eval.min_score,
-        regression={task: score.summary() for task, score in final.regression.items()},
-        regression_delta=deltas,
-        worst_regression=max((-d.delta for d in deltas.values()), default=0.0),
-        regression_ok=all(d.ok for d in deltas.values()),
-    )
+    results.final = final_scores(cfg, results.final.stage, results.stages, results.baselines)
 
 
 def _trial_record(number, state, rank, trial_dir, results=None, intermediate=None, fail_reason=None):
