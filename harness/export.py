@@ -150,11 +150,6 @@ def export_run(run_dir: Path, out_dir: Path | None = None, overrides: list[str] 
     return ExportResult(out_dir, record)
 
 
-def export_command(run_dir: Path) -> str:
-    """The command the report's verdict section prints under the adapter it recommends."""
-    return f"python -m harness.export {run_dir}"
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Run directories, configs and the output directory
 

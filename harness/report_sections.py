@@ -39,6 +39,7 @@ from harness.report_plots import (
     plot_regression_deltas,
     plot_score_vs_regression,
 )
+from harness.serving import export_command
 
 
 def sweep_summary(sweep: Sweep, multi: bool) -> str:
@@ -85,6 +86,18 @@ def verdict_section(sweeps: list[Sweep], ranked: list[Trial]) -> list:
     )
     blocks.append(Para(headline, "verdict ok" if meets and best.feasible_final else "verdict warn"))
     blocks.append(Para(f"Adapter: {results.adapter.path} (hash {results.adapter.hash[:16]})."))
+    if results.run_dir:
+        blocks.append(Para(
+            f"Ship it: {export_command(Path(results.run_dir))} writes the adapter with the vLLM command that "
+            "serves it, and a merged model, each proven to reproduce this trial's recorded outputs."))
+    servable = {s.name: s.meta.servable_ranks_only for s in sweeps}
+    if all(servable.values()):
+        blocks.append(Para("Search space: every LoRA rank was checked to be servable by vLLM "
+                           "(sweep.servable_ranks_only=true)."))
+    else:
+        off = ", ".join(name for name, on in servable.items() if not on)
+        blocks.append(Para(f"Search space: sweep {off} did not restrict LoRA ranks to those vLLM can serve "
+                           "(sweep.servable_ranks_only=false); check the serving card before shipping.", "warn"))
 
     final_per_example = best.final_per_example
     rows = [

@@ -313,6 +313,20 @@ def test_best_is_the_sweeps_best_json_pick(sweep_dir, tmp_path):
     assert "Note: the sweep&#x27;s best.json names trial #0, but by the same rule the trials now in " in page
 
 
+def test_verdict_names_the_export_command_and_the_servable_rank_rule(sweep_dir, tmp_path):
+    sweep = load_sweep(sweep_dir)
+    best = rank_trials(sweep.trials)[0]
+    markdown = (write_report([sweep_dir], tmp_path / "report").parent / "report.md").read_text(encoding="utf-8")
+    verdict = markdown.split("## Verdict", 1)[1].split("\n## ", 1)[0]
+    assert f"python -m harness.export {best.results.run_dir}" in verdict.replace("\\", "")
+    assert "every LoRA rank was checked to be servable by vLLM" in verdict
+
+    unrestricted = _copy_sweep(sweep_dir, tmp_path / "sweeps" / "rank", "rank")
+    _edit_record(unrestricted / "sweep.json", SweepRecord, lambda r: setattr(r, "servable_ranks_only", False))
+    markdown = (write_report([unrestricted], tmp_path / "r2").parent / "report.md").read_text(encoding="utf-8")
+    assert "did not restrict LoRA ranks to those vLLM can serve" in markdown
+
+
 def test_data_card_shows_preference_data_when_a_dpo_stage_had_some(sweep_dir, tmp_path):
     dpo = _copy_sweep(sweep_dir, tmp_path / "sweeps" / "dpo", "dpo")
 
