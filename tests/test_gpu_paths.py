@@ -10,12 +10,12 @@ import bitsandbytes as bnb
 import torch
 
 import harness.dpo
-import harness.train
+import harness.sft
 from harness.config import DPOStageConfig, LoraConfig, ModelConfig, QuantConfig, SFTStageConfig
 from harness.data import Conversation, PreferencePair, tokenize_sft
 from harness.dpo import train_dpo
 from harness.model import attach_lora, attention_implementation_for, load_adapter, load_base_model
-from harness.train import train_sft
+from harness.sft import train_sft
 
 CONVERSATIONS = [
     Conversation([{"role": "user", "content": f"Say the number {i}."}, {"role": "assistant", "content": str(i)}],
@@ -83,7 +83,7 @@ def test_trl_own_trainer_classes_train_the_nf4_model_with_checkpointing(tmp_path
     # On CUDA the harness hands training to trl's SFTTrainer and DPOTrainer as they are (tiled LM head, trl's
     # QLoRA casts); on CPU it swaps in plainer subclasses. Run trl's own classes here, so that their plumbing with
     # the harness's arguments, NF4 layers and gradient checkpointing runs without a GPU (the Triton kernels not).
-    monkeypatch.setattr(harness.train, "_model_loss_sft_trainer", lambda: __import__("trl").SFTTrainer)
+    monkeypatch.setattr(harness.sft, "_model_loss_sft_trainer", lambda: __import__("trl").SFTTrainer)
     monkeypatch.setattr(harness.dpo, "_plain_head_fits", lambda model: False)
     base = _nf4_base_with_checkpointing()
     model = attach_lora(base.model, LoraConfig(r=4, alpha=8))

@@ -8,12 +8,12 @@ import weakref
 import torch
 from transformers import TrainerCallback
 
-import harness.train
+import harness.sft
 from harness.config import LoraConfig, ModelConfig, QuantConfig, SFTStageConfig
 from harness.data import Conversation, tokenize_sft
 from harness.memory import memory_reading, release_trial_memory
 from harness.model import attach_lora, load_base_model
-from harness.train import train_sft
+from harness.sft import train_sft
 
 CONVERSATIONS = [
     Conversation([{"role": "user", "content": f"Say the number {i}."}, {"role": "assistant", "content": str(i)}],
@@ -51,7 +51,7 @@ def _trial(run_dir, refs: dict, earlier: dict | None = None) -> KeepWeakrefs:
 
 
 def test_a_released_trial_holds_nothing_in_the_next(tmp_path, monkeypatch):
-    build_trainer = harness.train.build_trainer
+    build_trainer = harness.sft.build_trainer
     trainers: list[weakref.ref] = []
 
     def keep_trainer(*args, **kwargs):
@@ -59,7 +59,7 @@ def test_a_released_trial_holds_nothing_in_the_next(tmp_path, monkeypatch):
         trainers.append(weakref.ref(trainer))
         return trainer
 
-    monkeypatch.setattr(harness.train, "build_trainer", keep_trainer)
+    monkeypatch.setattr(harness.sft, "build_trainer", keep_trainer)
     first, second = {}, {}
     gc.disable()  # only release_trial_memory collects: the test shows that it is what frees a trial
     try:

@@ -72,7 +72,7 @@ from harness.dpo import train_dpo  # noqa: E402
 from harness.evaluate import generate, load_heldout  # noqa: E402
 from harness.memory import MemoryReading, memory_reading, release_trial_memory  # noqa: E402
 from harness.model import attach_lora, load_adapter, load_base_model, smollm2_tokenizer_dir  # noqa: E402
-from harness.train import train_sft  # noqa: E402
+from harness.sft import train_sft  # noqa: E402
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's datasheet figure for the H200 SXM (H100's), without sparsity
 LLAMA_2_7B_PARAMS = 6.738e9  # the "7B" of the <= 8 GB QLoRA rule of thumb, to scale it to this model's size
