@@ -21,22 +21,15 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from harness.artifacts import write_jsonl_atomic
+from harness.records import TrainingStats
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class StageResult:
-    """What one training stage measured."""
+class StageResult(TrainingStats):
+    """What one training stage measured (the record's TrainingStats), with every logged step."""
 
-    stage: str
-    steps: int
-    train_runtime_s: float
-    tokens_seen: int  # non-padding tokens through the model
-    tokens_per_s: float
-    first_loss: float
-    final_loss: float
-    peak_memory_mb: float
     loss_log: list[dict] = field(default_factory=list)
 
 
