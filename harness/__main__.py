@@ -2,7 +2,9 @@
 
 A thin Hydra entry: compose -> typed config -> run or sweep. Bad input (a malformed data row, an eval set that
 changed, a cross-field rule) prints one clear error, leaves no partial run directory, and exits 2; so does a
-library installed outside the version range harness is tested with (checked before anything starts).
+library installed outside the version range harness is tested with (checked before anything starts). A full disk
+or a read-only sweeps directory stops a sweep with one clear error and exit 3; rerunning the same command then
+continues it (nothing finished is lost).
 Only what Hydra wrote for this process is removed: a run directory that holds anything else, or existed
 before, stays.
 """
@@ -20,6 +22,7 @@ from omegaconf import DictConfig
 
 from harness.config import register_configs, to_run_config
 from harness.data import DataError
+from harness.faults import check_kill_point
 from harness.versions import LibraryVersionError, check_library_versions
 
 log = logging.getLogger("harness")
@@ -36,11 +39,17 @@ _PREEXISTING_RUN_DIR = _PREEXISTING_RUN_DIR if _PREEXISTING_RUN_DIR and _PREEXIS
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        check_kill_point()
         run_config = to_run_config(cfg)
         if run_config.sweep is not None:
-            from harness.sweep import run_sweep
+            from harness.sweep import DiskError, run_sweep
 
-            summary = run_sweep(run_config)
+            try:
+                summary = run_sweep(run_config)
+            except DiskError as err:
+                _remove_hydra_run_dir(run_dir)
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(3)
             _remove_hydra_run_dir(run_dir)  # a sweep writes under sweeps/<name>/, not here
             if summary.n_complete == 0:
                 sys.exit(1)  # every trial failed or was pruned: nothing to ship
