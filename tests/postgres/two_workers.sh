@@ -27,7 +27,7 @@ HF_HUB_OFFLINE=1 $PY tests/postgres/join_race.py "postgresql://postgres@127.0.0.
 
 ARGS=(model=tiny quant=none run_regression=false train.sft.max_steps=6 train.sft.batch_size=4
       data.max_sft_examples=16 eval.max_examples=8 +sweep=rank sweep.tracking=none
-      "sweep.storage=$URL" sweep.workers=2 "sweep.space.lora_r=[1,2,4,8]" sweep.n_trials=4)
+      "sweep.storage=$URL" "sweep.space.lora_r=[1,2,4,8]" sweep.n_trials=4)
 export HF_HUB_OFFLINE=1
 for worker in a b; do
   $PY -m harness "${ARGS[@]}" "sweep.sweeps_dir=$WORK/machine-$worker" > "$WORK/worker-$worker.log" 2>&1 &
