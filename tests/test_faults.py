@@ -9,6 +9,7 @@ outcome is printed (pytest -s shows it; it is also in the failure message).
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import signal
@@ -159,3 +160,58 @@ def test_two_journal_workers_killed_mid_sweep_rerun_to_a_complete_study(tmp_path
     print(f"\njournal, 2 workers (a: after_results, b: after_ask@2 -> exit {codes[1]}): {counts}")
     assert not problems, problems
     assert counts["from results.json"] >= 1, "worker a's finished trial was completed from its results.json"
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, check=False).returncode == 0
+
+
+def _fill(path: Path) -> None:
+    with open(path, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+
+
+def test_a_full_or_read_only_disk_stops_the_sweep_and_keeps_every_finished_trial(tmp_path):
+    # A real small filesystem: filled to the last byte, then remounted read-only (root: chmod would not stop us).
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not _mount_tmpfs(disk, "16m"):
+        pytest.skip("needs root and mount -t tmpfs")
+    try:
+        args = [*SWEEP_ARGS, f"sweep.sweeps_dir={disk / 'sweeps'}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+        storage = f"sqlite:///{disk / 'sweeps' / 'rank' / 'study.db'}"
+        first = run_cli(args, kill_at="after_pid@2")  # trial 0 complete, trial 1's worker dead
+        assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+        trial0 = disk / "sweeps" / "rank" / "trials" / "000"
+        finished = {p: p.read_bytes() for p in trial0.rglob("*") if p.is_file()}
+        assert trial0 / "results.json" in finished
+
+        _fill(disk / "filler")
+        full = run_cli(args)
+        assert full.returncode == 3, full.stderr[-3000:]
+        assert "No space left on device" in full.stderr or "disk is full" in full.stderr, full.stderr[-3000:]
+        assert "rerun the same command" in full.stderr and "Traceback" not in full.stderr, full.stderr[-3000:]
+
+        (disk / "filler").unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        read_only = run_cli(args)
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        assert read_only.returncode == 3, read_only.stderr[-3000:]
+        assert "read-only" in read_only.stderr.lower() or "readonly" in read_only.stderr, read_only.stderr[-3000:]
+
+        assert {p: p.read_bytes() for p in trial0.rglob("*") if p.is_file()} == finished, "trial 0 intact"
+        assert complete_numbers(storage) == {0}, "the study still holds the finished trial"
+        last = run_cli(args)
+        assert last.returncode == 0, last.stderr[-3000:]
+        counts, problems = check_sweep(disk, storage, {0})
+        assert not problems, problems
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
