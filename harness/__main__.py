@@ -38,6 +38,7 @@ _PREEXISTING_RUN_DIR = _PREEXISTING_RUN_DIR if _PREEXISTING_RUN_DIR and _PREEXIS
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    _redact_hydra_files(run_dir)
     try:
         check_kill_point()
         run_config = to_run_config(cfg)
@@ -66,12 +67,27 @@ def main(cfg: DictConfig) -> None:
     print(summary_table(results))
 
 
+def _hydra_files(run_dir: Path) -> list[Path]:
+    files = [run_dir / ".hydra" / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+    return [*files, run_dir / f"{HydraConfig.get().job.name}.log"]
+
+
+def _redact_hydra_files(run_dir: Path) -> None:
+    """Hydra copies the command line (a storage URL's password included) into .hydra/: redact it there too."""
+    from harness.artifacts import write_text_atomic
+    from harness.sweep_storage import redact
+
+    for path in _hydra_files(run_dir)[:3]:
+        if path.is_file() and not path.is_symlink():
+            text = path.read_text()
+            if redact(text) != text:
+                write_text_atomic(path, redact(text))
+
+
 def _remove_hydra_run_dir(run_dir: Path) -> None:
     """Remove Hydra's own files from the run directory (`.hydra/`, the job log), then the directory if that
     left it empty and it did not exist before this process. Anything else in it is not ours: it stays."""
-    hydra_files = [run_dir / ".hydra" / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
-    hydra_files.append(run_dir / f"{HydraConfig.get().job.name}.log")
-    for path in hydra_files:
+    for path in _hydra_files(run_dir):
         if path.is_file() and not path.is_symlink():
             path.unlink()
     for directory in (run_dir / ".hydra", run_dir):

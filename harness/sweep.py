@@ -62,13 +62,12 @@ from harness.records import (
     read_record,
     write_record,
 )
+from harness.redact import redact, redact_all
 from harness.selection import rank_key
 from harness.sweep_storage import (
     counted,
     load_study,
     next_trial,
-    redact,
-    redact_all,
     single_worker_lock,
     sync_trial_records,
 )
@@ -91,11 +90,13 @@ class DiskError(RuntimeError):
 
 def disk_error(err: BaseException) -> bool:
     """Whether `err` (or what caused it) is a full or read-only disk, however a library wrapped it."""
-    while err is not None:
+    seen = set()
+    while err is not None and id(err) not in seen:
         if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
             return True
         if any(message in str(err) for message in DISK_MESSAGES):
             return True
+        seen.add(id(err))
         err = err.__cause__ or err.__context__
     return False
 
@@ -274,7 +275,7 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
         state = TrialState.COMPLETE
     except optuna.TrialPruned as pruned:
         state, reason = TrialState.PRUNED, str(pruned)
-    except Exception as err:  # noqa: BLE001 - failure isolation: any trial error is recorded, the sweep goes on
+    except Exception as err:
         if disk_error(err):
             raise  # not this trial's fault: it stays RUNNING, and the rerun retries it (its worker is gone)
         reason = f"{type(err).__name__}: {err}"
@@ -459,7 +460,7 @@ def _write_report(sweep_dir: Path) -> None:
     try:
         path = write_report([sweep_dir])
         print(f"report: {path}")
-    except Exception as err:  # noqa: BLE001 - the sweep's results stand even if the report cannot be drawn
+    except Exception as err:
         log.exception("could not write the comparison report: %s", err)
 
 

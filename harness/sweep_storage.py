@@ -31,7 +31,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import socket
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -44,6 +43,7 @@ from optuna.trial import TrialState
 from harness.config import SweepConfig
 from harness.faults import kill_point
 from harness.records import IntermediateScore, TrialRecord, read_record, write_record
+from harness.redact import redact
 
 # What a dead trial left: (objective values, constraints by name) read from its results.json, or None.
 Outcome = Callable[[Path], tuple[list[float], dict[str, float]] | None]
@@ -195,12 +195,15 @@ def next_trial(study, sweep: SweepConfig, sweep_dir: Path, n_trials: int, outcom
 
 
 def counted(study) -> int:
-    """Trials that count towards n_trials: finished or running, except failures that are being retried."""
+    """Trials that count towards n_trials: finished or running, except failures whose configuration is retried
+    (by recovery here, `retry_of`, or by Optuna's heartbeat, `failed_trial`) and surplus asks."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials} | {t.system_attrs.get("failed_trial") for t in trials}
     return sum(
         1
-        for t in study.get_trials(deepcopy=False)
+        for t in trials
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        or (t.state == TrialState.FAIL and not t.user_attrs.get("retried") and not t.user_attrs.get("surplus"))
+        or (t.state == TrialState.FAIL and t.number not in retried and not t.user_attrs.get("surplus"))
     )
 
 
@@ -331,30 +334,6 @@ def _pid_alive(pid) -> bool:
     except PermissionError:
         return True
     return True
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Credentials never leave the process: storage and tracking URLs are redacted wherever they are written
-
-_URL_PASSWORD = re.compile(r"(?P<prefix>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^@/\s]+@")
-_QUERY_PASSWORD = re.compile(r"(?P<prefix>[?&](?:password|passwd|pwd|token|secret)=)[^&\s]+", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """`text` with URL passwords (scheme://user:PASSWORD@host) and password query parameters replaced by ***."""
-    text = _URL_PASSWORD.sub(r"\g<prefix>:***@", text)
-    return _QUERY_PASSWORD.sub(r"\g<prefix>***", text)
-
-
-def redact_all(value):
-    """A JSON-like value (dicts, lists, strings) with every string redacted."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {key: redact_all(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [redact_all(item) for item in value]
-    return value
 
 
 @contextlib.contextmanager

@@ -117,10 +117,14 @@ def test_a_sweep_killed_at_every_point_reruns_to_the_same_complete_study(tmp_pat
         storage = f"sqlite:///{root / 'sweeps' / 'rank' / 'study.db'}"
         first = run_cli(args, kill_at=kill_at)
         before = complete_numbers(storage) if first.returncode == -signal.SIGKILL else set()
+        # What a killed run leaves (Hydra's copy of the command line included) holds no credential either.
+        left = [str(p) for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
         rerun = run_cli(args)
         counts, problems = check_sweep(root, storage, before) if rerun.returncode == 0 else ({}, [])
         if first.returncode != -signal.SIGKILL:
             problems.insert(0, f"the first run was not killed at {kill_at}: exit {first.returncode}")
+        if left:
+            problems.append(f"credential left by the killed run in {left}")
         if rerun.returncode != 0:
             problems.append(f"rerun exit {rerun.returncode}: {rerun.stderr[-1500:]}")
         rows.append([point, "killed" if first.returncode == -signal.SIGKILL else f"exit {first.returncode}",
@@ -211,7 +215,7 @@ def test_a_full_or_read_only_disk_stops_the_sweep_and_keeps_every_finished_trial
         assert complete_numbers(storage) == {0}, "the study still holds the finished trial"
         last = run_cli(args)
         assert last.returncode == 0, last.stderr[-3000:]
-        counts, problems = check_sweep(disk, storage, {0})
+        _, problems = check_sweep(disk, storage, {0})
         assert not problems, problems
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -120,9 +120,9 @@ def test_a_second_sqlite_worker_on_a_running_sweep_is_refused(tmp_path):
 
     cfg = make_config([*SWEEP_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}"])
     sweep_dir = tmp_path / "rank"
-    with single_worker_lock(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir):
-        with pytest.raises(ValueError, match="SQLite is for one worker"):
-            run_sweep(cfg)
+    lock = single_worker_lock(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir)
+    with lock, pytest.raises(ValueError, match="SQLite is for one worker"):
+        run_sweep(cfg)
     assert not (sweep_dir / "study.db").exists() and not (sweep_dir / "trials").exists()
 
 

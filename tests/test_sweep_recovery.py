@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import sys
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
 from harness.records import TrialRecord, read_record, write_record
+from harness.redact import redact
 from harness.sweep import _suggest, _write_sweep_json, search_space
 from harness.sweep_storage import (
     load_study,
@@ -19,13 +19,12 @@ from harness.sweep_storage import (
     owner_attrs,
     owner_state,
     recover_dead_trials,
-    redact,
     single_worker_lock,
     sync_trial_records,
 )
 from tests.conftest import TINY_OVERRIDES, make_config
 
-NOTHING_FINISHED = lambda trial_dir: None  # noqa: E731 - the dead trial wrote no results.json
+NOTHING_FINISHED = lambda trial_dir: None
 
 
 def _grid_study(tmp_path, lora_r=(1, 2)):
@@ -180,10 +179,9 @@ def test_a_short_tpe_sweep_keeps_trials_for_tpe_itself():
 
 def test_a_second_worker_on_sqlite_is_refused(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    with single_worker_lock(storage, tmp_path):
-        with pytest.raises(ValueError, match="SQLite is for one worker"):
-            with single_worker_lock(storage, tmp_path):
-                pass
+    first, second = single_worker_lock(storage, tmp_path), single_worker_lock(storage, tmp_path)
+    with first, pytest.raises(ValueError, match="SQLite is for one worker"), second:
+        pass
     with single_worker_lock(storage, tmp_path):  # released when the first worker ends
         pass
 
