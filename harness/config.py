@@ -249,8 +249,8 @@ class SweepConfig:
     pruner: str = "none"  # none, median, successive_halving, hyperband, threshold
     n_trials: int = 3
     seed: int = 0  # trial n's sampler draws from seed + n: reproducible, and distinct across workers
-    # TPE: random trials before TPE models the results; None = n_trials // 3 (at least 1, at most 10), so a
-    # short sweep still has trials that TPE chooses. A value >= n_trials is refused (it would be random search).
+    # TPE: random trials before TPE models the results (Optuna's default, 10, would make a 6-trial sweep random
+    # search); None = n_trials // 3, at least 1, at most 10. A value set >= n_trials is refused.
     n_startup_trials: Optional[int] = None
     storage: Optional[str] = None  # Optuna storage URL; None = sqlite:///sweeps/<name>/study.db (one worker)
     # Several workers: run the same command N times (on one machine with journal:// storage, on several with
@@ -281,7 +281,7 @@ class SweepConfig:
             raise ValueError(f"sweep.n_trials={self.n_trials} must be >= 0 (0 = the whole grid)")
         if self.sampler != "grid" and self.n_trials < 1:
             raise ValueError(f"sweep.n_trials={self.n_trials} must be >= 1 for sampler={self.sampler}")
-        if self.sampler == "tpe" and self.startup_trials() >= self.n_trials:
+        if self.sampler == "tpe" and self.n_startup_trials is not None and self.n_startup_trials >= self.n_trials:
             raise ValueError(f"sweep.n_startup_trials={self.n_startup_trials} >= sweep.n_trials={self.n_trials}: "
                              "every trial would be a random one, not TPE's; lower it or raise n_trials")
         if self.prune_every_steps < 1 or self.prune_eval_examples < 1:
