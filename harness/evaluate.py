@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from harness.config import EvalConfig
 from harness.data import Conversation, DataError, Message, as_messages, chat, read_jsonl, validate_messages
+from harness.faults import kill_point
 from harness.graders import aggregate, grade, grader_version
 from harness.model import fast_cpu_inference
 from harness.records import CanaryResult, ExampleResult, GradeResult, HeldoutResult
@@ -118,6 +119,7 @@ def evaluate_heldout(
     outputs = generate(
         model, tokenizer, prompts, eval_cfg.generation.max_new_tokens, eval_cfg.generation.batch_size
     )
+    kill_point("mid_evaluation")  # test facility (harness.faults): a no-op unless HARNESS_KILL_AT names it
     return grade_outputs(eval_cfg, examples, outputs, time.perf_counter() - started)
 
 

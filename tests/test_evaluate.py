@@ -222,20 +222,29 @@ def test_evalset_cli_check_exits_2_on_a_changed_set(tmp_path):
     assert "differs from its frozen manifest (changed: data_sha256;" in result.stderr
 
 
-@pytest.mark.parametrize("case", ["input_error", "sweep"])
+@pytest.mark.parametrize("case", ["input_error", "sweep", "dot_with_chdir", "sweep_with_chdir"])
 def test_cli_never_removes_a_users_files_from_the_run_dir(tmp_path, case):
+    # The run directory as an existing folder, as `.` (the directory the user is in, e.g. the checkout) with
+    # hydra.job.chdir=true, and for an input error and a whole sweep: the user's file survives every one.
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "important.txt").write_text("precious")
+    sweep = [*TINY_CLI, "+sweep=rank", "sweep.space.lora_r=[2]", "sweep.tracking=none",
+             f"sweep.sweeps_dir={tmp_path / 'sweeps'}"]
     if case == "input_error":
         result = _cli(["model=tiny", "lora.r=0", f"hydra.run.dir={victim}"], cwd=REPO_ROOT)
-        assert result.returncode == 2 and "lora.r" in result.stderr
+    elif case == "dot_with_chdir":
+        result = _cli(["model=tiny", "lora.r=0", "hydra.run.dir=.", "hydra.job.chdir=true"], cwd=victim)
+    elif case == "sweep_with_chdir":
+        result = _cli([*sweep, f"hydra.run.dir={victim}", "hydra.job.chdir=true"], cwd=REPO_ROOT)
     else:
-        result = _cli([*TINY_CLI, "+sweep=rank", "sweep.space.lora_r=[2]", "sweep.tracking=none",
-                       f"sweep.sweeps_dir={tmp_path / 'sweeps'}", f"hydra.run.dir={victim}"], cwd=REPO_ROOT)
+        result = _cli([*sweep, f"hydra.run.dir={victim}"], cwd=REPO_ROOT)
+    if case in ("input_error", "dot_with_chdir"):
+        assert result.returncode == 2 and "lora.r" in result.stderr, result.stderr[-2000:]
+    else:
         assert result.returncode == 0, result.stderr[-2000:]
     assert (victim / "important.txt").read_text() == "precious"
-    assert not (victim / ".hydra").exists()  # what Hydra wrote for the run is cleaned up
+    assert sorted(p.name for p in victim.iterdir()) == ["important.txt"]  # what Hydra wrote is cleaned up
 
 
 TINY_CLI = ["model=tiny", "quant=none", "run_regression=false", "train.sft.max_steps=2", "train.sft.batch_size=4",
