@@ -24,7 +24,7 @@ from harness.recordio import RecordError, from_json, read_record, to_json, write
 
 __all__ = ["RecordError", "from_json", "read_record", "to_json", "write_record"]  # the codec, re-exported
 
-RESULTS_FORMAT = "harness.results/v2"
+RESULTS_FORMAT = "harness.results/v3"
 TRIAL_FORMAT = "harness.trial/v1"
 SWEEP_FORMAT = "harness.sweep/v1"
 BEST_FORMAT = "harness.best/v1"
@@ -267,7 +267,9 @@ class RunMetrics:
     device: str
     compute_dtype: str
     library_versions: dict[str, str]
-    seed: int
+    seed: int  # python, numpy and torch are seeded from it at the start and right before the adapter is created
+    torch_threads: int  # CPU results are bit-identical only at the same thread count
+    reproducibility: str  # what a rerun of the same command reproduces on this device (see run.reproducibility_note)
     git_revision: str
     wall_time_s: float
     train_runtime_s: float = 0.0

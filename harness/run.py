@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 from peft import LoraConfig
 
@@ -122,6 +123,7 @@ def run_experiment(
 ) -> RunResults:
     """Train and score one configuration; `progress=False` silences per-step output (sweeps print one line)."""
     started = time.perf_counter()
+    seed_everything(cfg.seed)
     inputs = inputs or prepare_inputs(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
@@ -138,7 +140,10 @@ def run_experiment(
     fewshot_pool = inputs.sft.conversations if inputs.sft else []
     baselines = get_baselines(base, cfg, inputs.eval_set_hash, inputs.heldout, fewshot_pool)
 
-    # 5. Attach a fresh LoRA adapter and train each stage, scoring after each.
+    # 5. Attach a fresh LoRA adapter and train each stage, scoring after each. Seeded right here: whatever ran
+    # before (baselines computed or read from the cache, lm-eval's reseeding, earlier trials) must not decide the
+    # initial adapter. The trainers seed again from the same seed (dropout, data order).
+    seed_everything(cfg.seed)
     model = attach_lora(base.model, cfg.lora)
     stages: dict[str, StageRecord] = {}
     loss_log: list[dict] = []
@@ -179,6 +184,26 @@ def run_experiment(
     write_json_atomic(run_dir / "metrics.json", to_json(results.metrics))
     write_record(run_dir / "results.json", results)
     return results
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device) from the run's seed."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def reproducibility_note(device: str, seed: int) -> str:
+    """What a rerun of the same command reproduces, as the results record states it."""
+    import torch
+
+    if device == "cpu":
+        return (f"bit-identical on cpu: the same command with seed {seed} and {torch.get_num_threads()} torch threads "
+                "gives the same adapter tensors and per-example outputs, cold or warm cache, alone or after other "
+                "trials; another thread count may change float rounding")
+    return (f"not bit-identical on {device}: seed {seed} fixes the initial adapter, dropout and data order, but GPU "
+            "kernels (cuBLAS reductions, attention and backward atomics) are not deterministic, so weights and "
+            "scores agree only up to rounding noise")
 
 
 def _score_stage(model, base: BaseModel, cfg: RunConfig, heldout, stage_result: StageResult, run_dir: Path) -> StageRecord:
@@ -254,6 +279,8 @@ def build_results(
             compute_dtype=str(base.compute_dtype),
             library_versions=library_versions(),
             seed=cfg.seed,
+            torch_threads=torch.get_num_threads(),
+            reproducibility=reproducibility_note(device, cfg.seed),
             git_revision=git_revision(),
             wall_time_s=seconds,
             stages=trained,
@@ -313,8 +340,8 @@ def summary_table(results: RunResults) -> str:
 
     base, eval_set = results.baselines, results.eval_set
     lines = [
-        f"eval set {eval_set.name} (hash {eval_set.hash}, n={eval_set.n}, "
-        f"min_score {eval_set.min_score}), base {results.model.id}",
+        (f"eval set {eval_set.name} (hash {eval_set.hash}, n={eval_set.n}, "
+         f"min_score {eval_set.min_score}), base {results.model.id}"),
         f"{'model':<34}{'held-out score [95% CI]':<28}",
         f"{'base zero-shot' + (' (cached)' if base.cached else ''):<34}{fmt(base.zero_shot):<28}",
         f"{'base + prompt baseline':<34}{fmt(base.prompt_baseline):<28}",

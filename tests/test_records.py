@@ -51,7 +51,8 @@ RESULTS = {
               "worst_regression": 0.0, "regression_ok": True},
     "canary": {"max_logit_diff": 0.3, "outputs_changed": 1, "n": 2},
     "metrics": {"device": "cpu", "compute_dtype": "torch.float32", "library_versions": {"trl": "1.16.0"},
-                "seed": 0, "git_revision": "abc", "wall_time_s": 3.0, "train_runtime_s": 2.0,
+                "seed": 0, "torch_threads": 2, "reproducibility": "bit-identical on cpu", "git_revision": "abc",
+                "wall_time_s": 3.0, "train_runtime_s": 2.0,
                 "tokens_per_s": {"sft": 100.0}, "peak_memory_mb": 512.0, "stages": {"sft": TRAINING}},
 }
 TRIAL = {"format": records.TRIAL_FORMAT, "number": 3, "state": "COMPLETE", "params": {"lora_r": 8},
