@@ -26,9 +26,9 @@ __all__ = ["RecordError", "from_json", "read_record", "to_json", "write_record"]
 
 RESULTS_FORMAT = "harness.results/v3"
 TRIAL_FORMAT = "harness.trial/v1"
-SWEEP_FORMAT = "harness.sweep/v1"
+SWEEP_FORMAT = "harness.sweep/v2"
 BEST_FORMAT = "harness.best/v1"
-BASELINE_FORMAT = "harness.gate/baseline-v2"
+BASELINE_FORMAT = "harness.gate/baseline-v3"
 BASELINE_CACHE_FORMAT = "harness.baseline-cache/v1"
 
 
@@ -142,9 +142,10 @@ class CanaryResult:
 @dataclass
 class EvalSetIdentity:
     name: str
-    hash: str  # content hash of the frozen eval set (subsets: <hash>-firstN)
+    hash: str  # content hash of the frozen eval set and the split: <hash>-<split> (subsets: <hash>-<split>-firstN)
     n: int | None  # examples scored; None in a sweep record before any trial finished
     min_score: float
+    split: str  # selection (sweeps choose on it) or reporting (verdicts and the gate; nothing chooses on it)
 
 
 @dataclass

@@ -44,7 +44,13 @@ from harness.data import (
 )
 from harness.dpo import train_dpo
 from harness.evalset import verify_frozen
-from harness.evaluate import HeldoutExample, check_adapter_active, evaluate_heldout, load_heldout
+from harness.evaluate import (
+    HeldoutExample,
+    check_adapter_active,
+    evaluate_heldout,
+    load_eval_splits,
+    load_heldout,
+)
 from harness.leakage import LeakageReport, check_leakage
 from harness.model import (
     BaseModel,
@@ -113,7 +119,9 @@ def prepare_inputs(cfg: RunConfig) -> PreparedInputs:
     sample = render_loss_sample(tokenizer, sft_examples[0]) if sft_examples else ""
     train_prompts = [(c.source, _prompt_text(c.messages)) for c in conversations]
     train_prompts += [(p.source, _prompt_text(p.prompt_messages)) for p in (preference.pairs if preference else [])]
-    heldout_prompts = [(e.source, _prompt_text(e.messages)) for e in heldout]
+    # Leakage is checked against every split, not only the one this run scores.
+    every_split = [e for rows in load_eval_splits(cfg.eval).values() for e in rows]
+    heldout_prompts = [(e.source, _prompt_text(e.messages)) for e in every_split]
     leakage = check_leakage(train_prompts, heldout_prompts, cfg.eval.leakage)
     return PreparedInputs(eval_set_hash, heldout, sft, sft_examples, leakage, sample, tokenizer, preference)
 
@@ -251,7 +259,7 @@ def build_results(
         run_dir=str(run_dir) if run_dir is not None else None,
         config=OmegaConf.to_container(OmegaConf.structured(cfg)),
         eval_set=EvalSetIdentity(name=cfg.eval.name, hash=eval_set_hash, n=final.heldout.n,
-                                 min_score=cfg.eval.min_score),
+                                 min_score=cfg.eval.min_score, split=cfg.eval.split),
         model=ModelIdentity(id=base.model_id, hash=base.model_hash, quantized=base.quantized,
                             compute_dtype=str(base.compute_dtype), attn_implementation=base.attn_implementation),
         tokenizer=tokenizer_identity(base.tokenizer),

@@ -316,7 +316,7 @@ def _write_sweep_json(cfg, sweep_dir, storage_url, space, eval_set_hash, n_trial
         n_trials=n_trials,
         space=space,
         eval_set=eval_set or EvalSetIdentity(name=cfg.eval.name, hash=eval_set_hash, n=None,
-                                             min_score=cfg.eval.min_score),
+                                             min_score=cfg.eval.min_score, split=cfg.eval.split),
         model=model or ModelIdentity(id=cfg.model.name_or_path, hash=None, quantized=cfg.quant.method == "nf4"),
         price_per_gpu_hour=sweep.price_per_gpu_hour,
         config=OmegaConf.to_container(OmegaConf.structured(cfg)),

@@ -26,7 +26,7 @@ REGRESSION = {"task": "mc", "metric": "acc", "score": 0.5, "stderr": math.nan, "
 SUMMARY = {"score": 0.5, "stderr": 0.35, "ci_low": 0.09, "ci_high": 0.91, "n": 2}
 TRAINING = {"stage": "sft", "steps": 2, "train_runtime_s": 1.0, "tokens_seen": 100, "tokens_per_s": 100.0,
             "first_loss": 2.0, "final_loss": 1.0, "peak_memory_mb": 512.0}
-EVAL_SET = {"name": "json_extract", "hash": "abc-first2", "n": 2, "min_score": 0.8}
+EVAL_SET = {"name": "json_extract", "hash": "abc-selection-first2", "n": 2, "min_score": 0.8, "split": "selection"}
 MODEL = {"id": "tiny", "hash": "0123456789abcdef", "quantized": True, "compute_dtype": "torch.float32",
          "attn_implementation": "sdpa"}
 TOKENIZER = {"name": "GPT2TokenizerFast", "vocab_size": 49152, "chat_template_sha256": "feedface"}
