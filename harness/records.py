@@ -362,6 +362,7 @@ class SweepRecord:
     price_per_gpu_hour: float
     config: dict[str, Any]
     started_at: str
+    servable_ranks_only: bool = True  # the space was checked against the LoRA ranks vLLM can serve
     finished_at: str | None = None
     wall_time_s: float | None = None
     format: str = SWEEP_FORMAT

@@ -3,13 +3,14 @@
     python -m harness.report sweeps/rank [sweeps/alpha ...] [--out reports/rank]
     path = write_report([Path("sweeps/rank")])          # what a sweep calls at its end; returns report.html
 
-Reads only the artifacts a sweep leaves (sweep.json, trials/<NNN>/{trial,results}.json, loss.jsonl): no
-model is loaded, and rebuilding with nothing changed gives byte-identical files (no clock, deterministic
-plots). Sections, top to bottom: verdict, trials, plots, paired comparisons, fixed and broken examples,
-data card, reproduce.
+Reads only the artifacts a sweep leaves (sweep.json, best.json, trials/<NNN>/{trial,results}.json as typed
+records from harness.records, and loss.jsonl): no model is loaded, and rebuilding with nothing changed gives
+byte-identical files (no clock, deterministic plots). Sections, top to bottom: verdict, trials, plots, paired
+comparisons, fixed and broken examples, data card, reproduce.
 Several sweeps go into one report only when they share the eval set hash and the base model; otherwise
-`ReportError` (exit 2) and nothing is written. Model outputs and dataset text are untrusted: every string is
-escaped for HTML, and for Markdown tables.
+`ReportError` (exit 2) and nothing is written; so is a record with a missing or mistyped field (the message
+names the file and the dotted field). Model outputs and dataset text are untrusted: every string is escaped
+for HTML, and for Markdown tables. "Best" is harness.selection.rank_key, the rule behind the sweep's best.json.
 
 This module loads the artifacts and writes the report. The pieces it is built from: harness.report_sections
 (the sections, as document blocks), harness.report_plots (matplotlib), harness.report_format (numbers, cell
@@ -27,7 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.artifacts import replace_dir_atomic, write_text_atomic
+from harness.recordio import RecordError, read_record
+from harness.records import BestTrial, ExampleResult, RunResults, ScoreSummary, SweepRecord, TrialRecord
 from harness.render import IMAGES_DIR, Heading, Para, render_html, render_markdown
+from harness.selection import rank_key
 
 MAX_EXAMPLES_SHOWN = 5  # fixed and broken examples shown per list; the counts cover all of them
 BEST_TRIALS_PLOTTED = 3  # trials in the per-benchmark delta plot
@@ -48,46 +52,47 @@ class ReportError(ValueError):
 
 # --- inputs -----------------------------------------------------------------------------------------------
 @dataclass
+class LossPoint:
+    """One logged training step of loss.jsonl (a JSONL log, not a record: rows carry whatever trl logged)."""
+
+    stage: str
+    step: int | None
+    loss: float | None  # None on rows that logged something else
+
+
+@dataclass
 class Trial:
-    sweep: str
-    number: int
-    state: str  # COMPLETE, PRUNED, FAIL, RUNNING
-    params: dict
-    fail_reason: str | None
-    intermediate: list[dict]  # [{"step", "score"}] on the pruning subset of the eval set
-    duration_s: float | None
-    command: str
-    feasible: bool | None
-    retry_of: int | None
+    sweep: str  # the sweep's name
+    record: TrialRecord  # trial.json
     price_per_gpu_hour: float
-    results: dict | None  # harness.run.build_results() record, for completed trials
-    loss: list[dict]  # loss.jsonl rows (partial for pruned and failed trials)
+    results: RunResults | None  # results.json, for completed trials
+    loss: list[LossPoint]  # partial for pruned and failed trials
     label: str = ""  # "#3", or "rank#3" in a report over several sweeps
 
     @property
-    def heldout(self) -> dict | None:
-        return self.results["final"]["heldout"] if self.results else None
+    def heldout(self) -> ScoreSummary | None:
+        return self.results.final.heldout if self.results else None
 
     @property
-    def final_per_example(self) -> list[dict]:
-        final_stage = self.results["final"]["stage"]
-        return self.results["stages"][final_stage]["heldout"]["per_example"]
+    def final_per_example(self) -> list[ExampleResult]:
+        return self.results.final_stage.heldout.per_example
 
     @property
     def feasible_final(self) -> bool:
         """Complete, within every regression limit, and not marked infeasible by the sweep."""
-        return bool(self.results and self.results["final"]["regression_ok"] and self.feasible is not False)
+        return bool(self.results and self.results.final.regression_ok and self.record.feasible is not False)
 
     @property
     def cost(self) -> float | None:
-        return None if self.duration_s is None else self.duration_s / 3600 * self.price_per_gpu_hour
+        duration = self.record.duration_s
+        return None if duration is None else duration / 3600 * self.price_per_gpu_hour
 
 
 @dataclass
 class Sweep:
     name: str
     directory: Path
-    meta: dict  # sweep.json
+    meta: SweepRecord  # sweep.json
     trials: list[Trial]
     best_number: int | None  # from best.json, when the sweep wrote one
 
@@ -105,90 +110,75 @@ class Report:
 
 def load_sweep(directory: Path) -> Sweep:
     directory = Path(directory)
-    meta = _read_json(directory / "sweep.json", "not a sweep directory")
-    for key in ("name", "eval_set", "model", "space", "price_per_gpu_hour", "command"):
-        if key not in meta:
-            raise ReportError(f"{directory / 'sweep.json'}: missing key {key!r}")
+    meta = _read(SweepRecord, directory / "sweep.json", "not a sweep directory")
     trials_dir = directory / "trials"
     trial_dirs = sorted(p for p in trials_dir.iterdir() if p.is_dir()) if trials_dir.is_dir() else []
     trials = [_load_trial(d, meta) for d in trial_dirs if (d / "trial.json").is_file()]
-    trials.sort(key=lambda t: t.number)
+    trials.sort(key=lambda t: t.record.number)
     best_path = directory / "best.json"
-    best_number = _read_json(best_path, "")["number"] if best_path.is_file() else None
-    return Sweep(str(meta["name"]), directory, meta, trials, best_number)
+    best_number = _read(BestTrial, best_path).number if best_path.is_file() else None
+    return Sweep(meta.name, directory, meta, trials, best_number)
 
 
-_RESULTS_KEYS = ("eval_set", "model", "adapter", "data", "baselines", "stages", "final", "metrics", "config")
-
-
-def _load_trial(trial_dir: Path, sweep_meta: dict) -> Trial:
-    record = _read_json(trial_dir / "trial.json", "")
-    for key in ("number", "state", "params"):
-        if key not in record:
-            raise ReportError(f"{trial_dir / 'trial.json'}: missing key {key!r}")
+def _load_trial(trial_dir: Path, sweep: SweepRecord) -> Trial:
+    record = _read(TrialRecord, trial_dir / "trial.json")
     results = None
-    if record["state"] == "COMPLETE":
+    if record.state == "COMPLETE":
         results_path = trial_dir / "results.json"
-        results = _read_json(results_path, "the trial is marked COMPLETE but has no results record")
-        for key in _RESULTS_KEYS:
-            if key not in results:
-                raise ReportError(f"{results_path}: missing key {key!r} (not a harness.run results record?)")
-        for what in ("eval_set", "model"):
-            mine, sweeps = results[what]["hash"], sweep_meta[what].get("hash")
+        results = _read(RunResults, results_path, "the trial is marked COMPLETE but has no results record")
+        if results.baselines is None or results.data is None:
+            raise ReportError(f"{results_path}: no baselines or data card (a gate evaluation, not a sweep trial)")
+        for what, mine, sweeps in (
+            ("eval_set", results.eval_set.hash, sweep.eval_set.hash),
+            ("model", results.model.hash, sweep.model.hash),
+        ):
             if sweeps is not None and mine != sweeps:  # None: a sweep with no completed trial yet
                 raise ReportError(
-                    f"{trial_dir / 'results.json'}: {what} hash {mine} differs from the sweep's {sweeps} "
+                    f"{results_path}: {what} hash {mine} differs from the sweep's {sweeps} "
                     f"({trial_dir.parent.parent / 'sweep.json'}); its scores are not comparable"
                 )
-    loss = []
-    loss_path = trial_dir / "loss.jsonl"
-    if loss_path.is_file():
-        for line_number, line in enumerate(loss_path.read_text(encoding="utf-8").splitlines(), start=1):
+    return Trial(sweep.name, record, sweep.price_per_gpu_hour, results, _read_loss(trial_dir / "loss.jsonl"))
+
+
+def _read(cls, path: Path, missing_hint: str = ""):
+    """`path` as a `cls` record; the record's refusal (naming the file and field) becomes a ReportError."""
+    if missing_hint and not path.is_file():
+        raise ReportError(f"{path}: file not found ({missing_hint})")
+    try:
+        return read_record(cls, path)
+    except RecordError as err:
+        raise ReportError(str(err)) from None
+
+
+def _read_loss(path: Path) -> list[LossPoint]:
+    points = []
+    if path.is_file():
+        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if line.strip():
                 try:
-                    loss.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ReportError(f"{loss_path}:{line_number}: not valid JSON ({err.msg})") from None
-    return Trial(
-        sweep=str(sweep_meta["name"]),
-        number=int(record["number"]),
-        state=str(record["state"]),
-        params=record["params"] or {},
-        fail_reason=record.get("fail_reason"),
-        intermediate=record.get("intermediate") or [],
-        duration_s=record.get("duration_s"),
-        command=record.get("command") or "",
-        feasible=record.get("feasible"),
-        retry_of=record.get("retry_of"),
-        price_per_gpu_hour=float(sweep_meta["price_per_gpu_hour"]),
-        results=results,
-        loss=loss,
-    )
-
-
-def _read_json(path: Path, missing_hint: str) -> dict:
-    if not path.is_file():
-        raise ReportError(f"{path}: file not found" + (f" ({missing_hint})" if missing_hint else ""))
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ReportError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+                    raise ReportError(f"{path}:{line_number}: not valid JSON ({err.msg})") from None
+                points.append(LossPoint(row.get("stage", "sft"), row.get("step"), row.get("loss")))
+    return points
 
 
 def check_comparable(sweeps: list[Sweep]) -> None:
     """Scores on different eval sets or base models mean different things: refuse to set them side by side."""
     first = sweeps[0]
     for other in sweeps[1:]:
-        for what, title in (("eval_set", "eval set"), ("model", "base model")):
-            a, b = first.meta[what], other.meta[what]
+        for title, a, b, a_name, b_name in (
+            ("eval set", first.meta.eval_set, other.meta.eval_set, first.meta.eval_set.name,
+             other.meta.eval_set.name),
+            ("base model", first.meta.model, other.meta.model, first.meta.model.id, other.meta.model.id),
+        ):
             # A sweep without a completed trial may not know its model hash yet: then the ids must match.
-            same = a["hash"] == b["hash"] if a.get("hash") and b.get("hash") else a.get("id") == b.get("id")
+            same = a.hash == b.hash if a.hash and b.hash else a_name == b_name
             if not same:
                 raise ReportError(
                     f"cannot compare sweeps {first.name!r} and {other.name!r}: different {title} "
-                    f"({a.get('name') or a.get('id')} hash {a['hash']} in {first.directory / 'sweep.json'}"
-                    f" vs {b.get('name') or b.get('id')} hash {b['hash']} in "
-                    f"{other.directory / 'sweep.json'}); "
+                    f"({a_name} hash {a.hash} in {first.directory / 'sweep.json'}"
+                    f" vs {b_name} hash {b.hash} in {other.directory / 'sweep.json'}); "
                     "report them separately"
                 )
     names = [s.name for s in sweeps]
@@ -244,7 +234,7 @@ def build_report(sweeps: list[Sweep]) -> Report:
     multi = len(sweeps) > 1
     trials = [t for s in sweeps for t in s.trials]
     for trial in trials:
-        trial.label = f"{trial.sweep}#{trial.number}" if multi else f"#{trial.number}"
+        trial.label = f"{trial.sweep}#{trial.record.number}" if multi else f"#{trial.record.number}"
     ranked = rank_trials(trials)
     name = "+".join(s.name for s in sweeps)
     images: dict[str, bytes] = {}
@@ -268,12 +258,10 @@ def build_report(sweeps: list[Sweep]) -> Report:
 
 
 def rank_trials(trials: list[Trial]) -> list[Trial]:
-    """Completed trials, best first: within regression limits, then held-out score, then least regression."""
+    """Completed trials, best first, by harness.selection.rank_key: the sweep's best.json rule, so the same pick."""
     complete = [t for t in trials if t.results is not None]
-    return sorted(
-        complete,
-        key=lambda t: (not t.feasible_final, -t.heldout["score"], t.results["final"]["worst_regression"]),
-    )  # sorted is stable: ties keep sweep order, then trial number
+    # sorted is stable: ties keep sweep order, then trial number (as best.json keeps the lowest number)
+    return sorted(complete, key=lambda t: rank_key(t.results, t.record.feasible))
 
 
 # --- CLI --------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import io
 import math
 
 from harness.report import Sweep, Trial, rank_trials
-from harness.report_format import fmt_value
+from harness.report_format import PairedRegressionDelta, fmt_value
 
 # Deterministic PNGs: matplotlib's defaults (not the user's matplotlibrc), the bundled DejaVu fonts, and no
 # "Software" metadata, so the same artifacts give the same bytes. Figures are made without pyplot (no global
@@ -67,13 +67,13 @@ def _reference_lines(ax, ranked: list[Trial]) -> None:
     if not ranked:
         return
     results = ranked[0].results
-    baselines = results["baselines"]
+    baselines = results.baselines
     lines = [
-        (results["eval_set"]["min_score"], "min_score", "#cf222e", "--"),
-        (baselines["zero_shot"]["score"], "base zero-shot", "#57606a", ":"),
+        (results.eval_set.min_score, "min_score", "#cf222e", "--"),
+        (baselines.zero_shot.score, "base zero-shot", "#57606a", ":"),
     ]
-    if baselines.get("prompt_baseline"):
-        lines.append((baselines["prompt_baseline"]["score"], "prompt baseline", "#8250df", "-."))
+    if baselines.prompt_baseline:
+        lines.append((baselines.prompt_baseline.score, "prompt baseline", "#8250df", "-."))
     for value, label, color, style in lines:
         ax.axhline(value, color=color, linestyle=style, linewidth=1.1, label=f"{label} {value:.2f}", zorder=1)
 
@@ -84,7 +84,7 @@ def plot_objective_vs_params(trials: list[Trial], params: list[str], sweeps: lis
     colors = _colors(len(sweeps))
     space = {}
     for sweep in sweeps:
-        for name, choices in sweep.meta.get("space", {}).items():
+        for name, choices in sweep.meta.space.items():
             space.setdefault(name, choices)
 
     def draw():
@@ -96,13 +96,13 @@ def plot_objective_vs_params(trials: list[Trial], params: list[str], sweeps: lis
         for ax, param in zip(axes, params, strict=False):  # spare axes are hidden
             points = []  # (value, score, trial, hollow)
             for trial in trials:
-                value = trial.params.get(param)
+                value = trial.record.params.get(param)
                 if value is None:
                     continue
                 if trial.results:
-                    points.append((value, trial.heldout["score"], trial, False))
-                elif trial.state == "PRUNED" and trial.intermediate:
-                    points.append((value, trial.intermediate[-1]["score"], trial, True))
+                    points.append((value, trial.heldout.score, trial, False))
+                elif trial.record.state == "PRUNED" and trial.record.intermediate:
+                    points.append((value, trial.record.intermediate[-1].score, trial, True))
             values = [p[0] for p in points]
             choices = space.get(param) if isinstance(space.get(param), list) else None
             numeric = values and all(_is_number(v) for v in values)
@@ -144,7 +144,7 @@ def plot_objective_vs_params(trials: list[Trial], params: list[str], sweeps: lis
             axes[0],
             sweeps,
             colors,
-            pruned=any(t.state == "PRUNED" and t.intermediate for t in trials),
+            pruned=any(t.record.state == "PRUNED" and t.record.intermediate for t in trials),
         )
         figure.suptitle("Objective (held-out score) vs each swept parameter")
         return figure
@@ -198,7 +198,7 @@ def _pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def plot_score_vs_regression(ranked: list[Trial], sweep_names: list[str]) -> bytes:
     colors = _colors(len(sweep_names))
-    points = [(-t.results["final"]["worst_regression"], t.heldout["score"]) for t in ranked]
+    points = [(-t.results.final.worst_regression, t.heldout.score) for t in ranked]
     front = _pareto_front(points)
 
     def draw():
@@ -209,7 +209,7 @@ def plot_score_vs_regression(ranked: list[Trial], sweep_names: list[str]) -> byt
             ax.errorbar(
                 [x],
                 [y],
-                yerr=[[y - held["ci_low"]], [held["ci_high"] - y]],
+                yerr=[[y - held.ci_low], [held.ci_high - y]],
                 fmt="none",
                 ecolor=color,
                 alpha=0.5,
@@ -242,7 +242,7 @@ def plot_score_vs_regression(ranked: list[Trial], sweep_names: list[str]) -> byt
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("worst regression delta (adapter - base; higher is better)")
         ax.set_ylabel("held-out score (95% CI)")
-        scored = any(t.results["final"]["regression_delta"] for t in ranked)
+        scored = any(t.results.final.regression_delta for t in ranked)
         ax.set_title("Held-out score vs forgetting" + ("" if scored else " (no regression benchmark scored)"))
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
         return figure
@@ -253,25 +253,25 @@ def plot_score_vs_regression(ranked: list[Trial], sweep_names: list[str]) -> byt
 def plot_loss_curves(trials: list[Trial]) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
-    stages = list(dict.fromkeys(row.get("stage", "sft") for t in trials for row in t.loss))
+    stages = list(dict.fromkeys(point.stage for t in trials for point in t.loss))
     colors = _colors(len(trials))
 
     def draw():
         figure, axes = _figure(6.2 * len(stages), 3.8, 1, len(stages))
         for ax, stage in zip(axes, stages, strict=True):
             for color, trial in zip(colors, trials, strict=True):
-                rows = [r for r in trial.loss if r.get("stage", "sft") == stage and r.get("loss") is not None]
-                if not rows:
+                points = [p for p in trial.loss if p.stage == stage and p.loss is not None]
+                if not points:
                     continue
-                style = "-" if trial.state == "COMPLETE" else "--"
+                style = "-" if trial.record.state == "COMPLETE" else "--"
                 ax.plot(
-                    [r["step"] for r in rows],
-                    [r["loss"] for r in rows],
+                    [p.step for p in points],
+                    [p.loss for p in points],
                     style,
                     color=color,
                     linewidth=1.3,
-                    marker="." if len(rows) < 30 else None,
-                    label=f"{trial.label} ({trial.state.lower()})",
+                    marker="." if len(points) < 30 else None,
+                    label=f"{trial.label} ({trial.record.state.lower()})",
                 )
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("step")
@@ -284,7 +284,9 @@ def plot_loss_curves(trials: list[Trial]) -> bytes:
     return _plotting(draw)
 
 
-def plot_regression_deltas(deltas: dict[str, dict], tasks: list[str], limits: dict[str, float]) -> bytes:
+def plot_regression_deltas(
+    deltas: dict[str, dict[str, PairedRegressionDelta | None]], tasks: list[str], limits: dict[str, float]
+) -> bytes:
     labels = list(deltas)
     colors = _colors(len(labels))
 

@@ -9,8 +9,10 @@ examples, data card, reproduce. Each section returns a list of blocks; `plots_se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from harness.records import HeldoutResult, RunResults
 from harness.render import Heading, Image, Para, Pre, Table
 from harness.report import BEST_TRIALS_PLOTTED, MAX_EXAMPLES_SHOWN, Sweep, Trial, rank_trials
 from harness.report_format import (
@@ -37,34 +39,32 @@ from harness.report_plots import (
     plot_regression_deltas,
     plot_score_vs_regression,
 )
+from harness.serving import export_command
 
 
 def sweep_summary(sweep: Sweep, multi: bool) -> str:
     meta = sweep.meta
-    counts = {state: sum(t.state == state for t in sweep.trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
-    wall = meta.get("wall_time_s")
+    complete, pruned, failed = (sum(t.record.state == s for t in sweep.trials) for s in ("COMPLETE", "PRUNED", "FAIL"))
     text = (
-        f"Sweep {sweep.name}: {len(sweep.trials)} trials ({counts['COMPLETE']} complete, "
-        f"{counts['PRUNED']} pruned, {counts['FAIL']} failed), objective {meta.get('objective')}, "
-        f"sampler {meta.get('sampler')}, pruner {meta.get('pruner')}"
-        + (f", wall time {fmt_duration(wall)}" if wall is not None else "")
-        + (f", {meta.get('started_at')} to {meta.get('finished_at')}" if meta.get("started_at") else "")
+        f"Sweep {sweep.name}: {len(sweep.trials)} trials ({complete} complete, {pruned} pruned, {failed} failed), "
+        f"objective {meta.objective}, sampler {meta.sampler}, pruner {meta.pruner}"
+        + (f", wall time {fmt_duration(meta.wall_time_s)}" if meta.wall_time_s is not None else "")
+        + (f", {meta.started_at} to {meta.finished_at}" if meta.started_at else "")
         + "."
     )
-    if meta.get("question"):
-        text = f"{'Question of ' + sweep.name if multi else 'Question'}: {meta['question']} " + text
+    if meta.question:
+        text = f"{'Question of ' + sweep.name if multi else 'Question'}: {meta.question} " + text
     return text
 
 
 def verdict_section(sweeps: list[Sweep], ranked: list[Trial]) -> list:
     # A completed trial's record is the most complete (a sweep.json may not know n or the model hash yet).
     source = ranked[0].results if ranked else sweeps[0].meta
-    eval_set, model = source["eval_set"], source["model"]
+    eval_set, model = source.eval_set, source.model
     identity = (
-        f"Eval set {eval_set.get('name')} (hash {eval_set['hash']}, n={fmt_value(eval_set.get('n'))}, "
-        f"min_score {fmt_value(eval_set.get('min_score'))}); base model {model.get('id')} "
-        f"(hash {fmt_value(model.get('hash'))}, "
-        f"{'quantized NF4' if model.get('quantized') else 'not quantized'})."
+        f"Eval set {eval_set.name} (hash {eval_set.hash}, n={fmt_value(eval_set.n)}, "
+        f"min_score {fmt_value(eval_set.min_score)}); base model {model.id} (hash {fmt_value(model.hash)}, "
+        f"{'quantized NF4' if model.quantized else 'not quantized'})."
     )
     blocks: list = [Heading(2, "Verdict")]
     if not ranked:
@@ -74,19 +74,30 @@ def verdict_section(sweeps: list[Sweep], ranked: list[Trial]) -> list:
         ]
     best = ranked[0]
     results = best.results
-    min_score = results["eval_set"]["min_score"]
-    baselines = results["baselines"]
-    zero_shot, prompt = baselines["zero_shot"], baselines.get("prompt_baseline")
-    ok = results["final"]["meets_min_score"] and best.feasible_final
+    min_score = results.eval_set.min_score
+    zero_shot, prompt = results.baselines.zero_shot, results.baselines.prompt_baseline
+    meets = results.final.meets_min_score
     headline = (
-        f"Best adapter: trial {best.label} ({fmt_params(best.params)}), "
+        f"Best adapter: trial {best.label} ({fmt_params(best.record.params)}), "
         f"held-out {fmt_estimate(best.heldout)}"
-        f" — {'meets' if results['final']['meets_min_score'] else 'does NOT meet'} min_score {min_score:g}"
+        f" — {'meets' if meets else 'does NOT meet'} min_score {min_score:g}"
         + ("" if best.feasible_final else "; no trial stayed within every regression limit")
         + "."
     )
-    blocks.append(Para(headline, "verdict ok" if ok else "verdict warn"))
-    blocks.append(Para(f"Adapter: {results['adapter']['path']} (hash {results['adapter']['hash'][:16]})."))
+    blocks.append(Para(headline, "verdict ok" if meets and best.feasible_final else "verdict warn"))
+    blocks.append(Para(f"Adapter: {results.adapter.path} (hash {results.adapter.hash[:16]})."))
+    if results.run_dir:
+        blocks.append(Para(
+            f"Ship it: {export_command(Path(results.run_dir))} writes the adapter with the vLLM command that "
+            "serves it, and a merged model, each proven to reproduce this trial's recorded outputs."))
+    servable = {s.name: s.meta.servable_ranks_only for s in sweeps}
+    if all(servable.values()):
+        blocks.append(Para("Search space: every LoRA rank was checked to be servable by vLLM "
+                           "(sweep.servable_ranks_only=true)."))
+    else:
+        off = ", ".join(name for name, on in servable.items() if not on)
+        blocks.append(Para(f"Search space: sweep {off} did not restrict LoRA ranks to those vLLM can serve "
+                           "(sweep.servable_ranks_only=false); check the serving card before shipping.", "warn"))
 
     final_per_example = best.final_per_example
     rows = [
@@ -94,15 +105,15 @@ def verdict_section(sweeps: list[Sweep], ranked: list[Trial]) -> list:
         [
             "base + prompt baseline",
             *score_cells(prompt),
-            paired(zero_shot["per_example"], prompt["per_example"]).verdict() if prompt else "—",
+            paired(zero_shot.per_example, prompt.per_example).verdict() if prompt else "—",
         ],
     ]
-    for stage_name, stage in results["stages"].items():
+    for stage_name, stage in results.stages.items():
         rows.append(
             [
                 f"trial {best.label} after {stage_name.upper()}",
-                *score_cells(stage["heldout"]),
-                paired(zero_shot["per_example"], stage["heldout"]["per_example"]).verdict(),
+                *score_cells(stage.heldout),
+                paired(zero_shot.per_example, stage.heldout.per_example).verdict(),
             ]
         )
     blocks.append(
@@ -113,7 +124,7 @@ def verdict_section(sweeps: list[Sweep], ranked: list[Trial]) -> list:
         )
     )
 
-    versus_base = paired(zero_shot["per_example"], final_per_example)
+    versus_base = paired(zero_shot.per_example, final_per_example)
     blocks.append(
         Para(
             f"Best adapter vs base zero-shot on the same {versus_base.n} examples: "
@@ -122,11 +133,15 @@ def verdict_section(sweeps: list[Sweep], ranked: list[Trial]) -> list:
     )
     blocks.append(Para("Was fine-tuning needed? " + _finetuning_needed(best, prompt, min_score)))
     blocks.append(Para("Forgetting: " + _forgetting(best, ranked)))
-    if len(sweeps) == 1 and sweeps[0].best_number is not None and sweeps[0].best_number != best.number:
+    # best.json and this ranking are one rule (selection.rank_key), but best.json is written when a sweep process
+    # finishes, from the trials that process could see: a sweep stopped before its last summary, or trials run
+    # by workers on other machines and copied into trials/ afterwards, leave it naming another trial.
+    if len(sweeps) == 1 and sweeps[0].best_number not in (None, best.record.number):
         blocks.append(
             Para(
-                f"Note: the sweep's best.json names trial #{sweeps[0].best_number} (objective "
-                f"{sweeps[0].meta.get('objective')}); this report ranks feasible trials by held-out score.",
+                f"Note: the sweep's best.json names trial #{sweeps[0].best_number}, but by the same rule the "
+                f"trials now in trials/ put trial {best.label} first: best.json was written before some of them "
+                "finished, or by a worker that saw only its own machine's trials.",
                 "note",
             )
         )
@@ -134,45 +149,41 @@ def verdict_section(sweeps: list[Sweep], ranked: list[Trial]) -> list:
     return blocks
 
 
-def _finetuning_needed(best: Trial, prompt: dict | None, min_score: float) -> str:
-    score = best.heldout["score"]
+def _finetuning_needed(best: Trial, prompt: HeldoutResult | None, min_score: float) -> str:
+    score = best.heldout.score
     if prompt is None:
         return "unknown: the prompt baseline was disabled for this eval set."
-    if prompt["score"] >= min_score:
+    if prompt.score >= min_score:
         return (
-            f"No. Prompting alone scores {prompt['score']:.3f} >= min_score {min_score:g}; the best adapter "
+            f"No. Prompting alone scores {prompt.score:.3f} >= min_score {min_score:g}; the best adapter "
             f"scores {score:.3f}. Adapter (B) vs prompt baseline (A): "
-            f"{paired(prompt['per_example'], best.final_per_example).verdict()}."
+            f"{paired(prompt.per_example, best.final_per_example).verdict()}."
         )
     if score >= min_score:
         return (
-            f"Yes. Prompting alone scores {prompt['score']:.3f} < min_score {min_score:g}; "
+            f"Yes. Prompting alone scores {prompt.score:.3f} < min_score {min_score:g}; "
             f"the best adapter scores {score:.3f} and meets it."
         )
     return (
-        f"Prompting alone scores {prompt['score']:.3f} < min_score {min_score:g}, and no adapter meets it "
+        f"Prompting alone scores {prompt.score:.3f} < min_score {min_score:g}, and no adapter meets it "
         f"either (best {score:.3f}): nothing here is ready to ship."
     )
 
 
 def _forgetting(best: Trial, ranked: list[Trial]) -> str:
-    deltas = best.results["final"]["regression_delta"]
+    deltas = best.results.final.regression_delta
     if not deltas:
         return "not checked: no regression benchmarks were scored (run with run_regression=true)."
-    over = [
-        f"{task} dropped {-d['delta']:.3f} > limit {d['max_regression']:.3f}"
-        for task, d in deltas.items()
-        if not d["ok"]
-    ]
-    others = sum(not t.results["final"]["regression_ok"] for t in ranked)
+    over = [f"{task} dropped {-d.delta:.3f} > limit {d.max_regression:.3f}" for task, d in deltas.items() if not d.ok]
+    others = sum(not t.results.final.regression_ok for t in ranked)
     tail = f" {others} of {len(ranked)} completed trials exceeded a limit."
     if over:
         return "YES, the best adapter exceeded a regression limit: " + "; ".join(over) + "." + tail
-    worst_task = min(deltas, key=lambda task: deltas[task]["delta"])
+    worst_task = min(deltas, key=lambda task: deltas[task].delta)
     worst = deltas[worst_task]
     return (
         f"no regression benchmark exceeded its limit for the best adapter (largest change "
-        f"{worst['delta']:+.3f} on {worst_task}, limit -{worst['max_regression']:.3f})." + tail
+        f"{worst.delta:+.3f} on {worst_task}, limit -{worst.max_regression:.3f})." + tail
     )
 
 
@@ -180,7 +191,7 @@ def trials_section(sweeps: list[Sweep], trials: list[Trial], ranked: list[Trial]
     params = param_names(sweeps, trials)
     tasks = regression_tasks(trials)
     stages = stage_names(trials)
-    header = (["sweep"] if multi else []) + ["trial"] + params + ["state", "held-out ± stderr"]
+    header = [*(("sweep", "trial") if multi else ("trial",)), *params, "state", "held-out ± stderr"]
     header += [f"Δ {task} ± stderr" for task in tasks]
     header += [f"after {stage.upper()}" for stage in stages] if len(stages) > 1 else []
     header += ["train time", "tokens/s", "peak memory", "est. cost"]
@@ -188,10 +199,10 @@ def trials_section(sweeps: list[Sweep], trials: list[Trial], ranked: list[Trial]
     rows = []
     for trial in trials:
         results = trial.results
-        row = ([trial.sweep] if multi else []) + [f"{trial.number}" + (" (best)" if trial is best else "")]
-        row += [fmt_value(trial.params.get(p)) for p in params]
+        row = ([trial.sweep] if multi else []) + [f"{trial.record.number}" + (" (best)" if trial is best else "")]
+        row += [fmt_value(trial.record.params.get(p)) for p in params]
         row.append(state_text(trial))
-        row.append(f"{trial.heldout['score']:.3f} ± {trial.heldout['stderr']:.3f}" if results else "—")
+        row.append(f"{trial.heldout.score:.3f} ± {trial.heldout.stderr:.3f}" if results else "—")
         for task in tasks:
             delta = regression_delta(results, task) if results else None
             row.append(
@@ -201,19 +212,17 @@ def trials_section(sweeps: list[Sweep], trials: list[Trial], ranked: list[Trial]
             )
         if len(stages) > 1:
             for stage in stages:
-                held = results["stages"].get(stage, {}).get("heldout") if results else None
-                row.append(f"{held['score']:.3f} ± {held['stderr']:.3f}" if held else "—")
-        metrics = results["metrics"] if results else {}
-        row.append(fmt_duration(metrics["train_runtime_s"]) if results else "—")
-        row.append(
-            ", ".join(f"{s}: {v:,.0f}" for s, v in metrics["tokens_per_s"].items()) if results else "—"
-        )
-        row.append(f"{metrics['peak_memory_mb']:,.0f} MB" if results else "—")
+                held = results.stages[stage].heldout if results and stage in results.stages else None
+                row.append(f"{held.score:.3f} ± {held.stderr:.3f}" if held else "—")
+        metrics = results.metrics if results else None
+        row.append(fmt_duration(metrics.train_runtime_s) if metrics else "—")
+        row.append(", ".join(f"{s}: {v:,.0f}" for s, v in metrics.tokens_per_s.items()) if metrics else "—")
+        row.append(f"{metrics.peak_memory_mb:,.0f} MB" if metrics else "—")
         row.append(f"${trial.cost:.4f}" if trial.cost is not None else "—")
         rows.append(row)
-    durations = [t.duration_s for t in trials if t.duration_s is not None]
+    durations = [t.record.duration_s for t in trials if t.record.duration_s is not None]
     costs = [t.cost for t in trials if t.cost is not None]
-    prices = sorted({f"${s.meta['price_per_gpu_hour']:g}" for s in sweeps})
+    prices = sorted({f"${s.meta.price_per_gpu_hour:g}" for s in sweeps})
     return [
         Heading(2, "Trials"),
         Table(header, rows, "trials", wrap_columns=(header.index("state"),)),
@@ -265,11 +274,7 @@ def plots_section(
     if tasks and ranked:
         best_trials = ranked[:BEST_TRIALS_PLOTTED]
         deltas = {t.label: {task: regression_delta(t.results, task) for task in tasks} for t in best_trials}
-        limits = {
-            task: d["max_regression"]
-            for t in best_trials
-            for task, d in t.results["final"]["regression_delta"].items()
-        }
+        limits = {task: d.max_regression for t in best_trials for task, d in t.results.final.regression_delta.items()}
         images["regression_deltas.png"] = plot_regression_deltas(deltas, tasks, limits)
         blocks += [
             Image("regression_deltas.png", "per-benchmark regression deltas of the best trials"),
@@ -292,7 +297,7 @@ def comparisons_section(ranked: list[Trial]) -> list:
     if not ranked:
         return blocks + [Para("No trial completed: nothing to compare.", "warn")]
     best = ranked[0]
-    baselines = best.results["baselines"]
+    baselines = best.results.baselines
     rows = []
 
     def add(what: str, a_name: str, a: list, b_name: str, b: list) -> None:
@@ -305,25 +310,17 @@ def comparisons_section(ranked: list[Trial]) -> list:
                 str(comparison.n),
                 f"{comparison.mean_a:.3f}",
                 f"{comparison.mean_b:.3f}",
-                f"{100 * comparison.delta:+.1f} "
-                f"[{100 * comparison.ci_low:+.1f}, {100 * comparison.ci_high:+.1f}]",
+                f"{100 * comparison.delta:+.1f} [{100 * comparison.ci_low:+.1f}, {100 * comparison.ci_high:+.1f}]",
                 f"{comparison.wins}/{comparison.losses}/{comparison.ties}",
                 comparison.verdict(),
             ]
         )
 
     best_name = f"trial {best.label}"
-    add(
-        "held-out", "base zero-shot", baselines["zero_shot"]["per_example"], best_name, best.final_per_example
-    )
-    if baselines.get("prompt_baseline"):
-        add(
-            "held-out",
-            "base + prompt baseline",
-            baselines["prompt_baseline"]["per_example"],
-            best_name,
-            best.final_per_example,
-        )
+    add("held-out", "base zero-shot", baselines.zero_shot.per_example, best_name, best.final_per_example)
+    if baselines.prompt_baseline:
+        prompt_rows = baselines.prompt_baseline.per_example
+        add("held-out", "base + prompt baseline", prompt_rows, best_name, best.final_per_example)
     if len(ranked) > 1:
         runner_up = ranked[1]
         add(
@@ -333,23 +330,19 @@ def comparisons_section(ranked: list[Trial]) -> list:
             best_name,
             best.final_per_example,
         )
-    stages = best.results["stages"]
-    if "sft" in stages and "dpo" in stages:
+    sft, dpo = best.results.stages.get("sft"), best.results.stages.get("dpo")
+    if sft and dpo:
         add(
             "held-out",
             f"{best_name} after SFT",
-            stages["sft"]["heldout"]["per_example"],
+            sft.heldout.per_example,
             f"{best_name} after DPO",
-            stages["dpo"]["heldout"]["per_example"],
+            dpo.heldout.per_example,
         )
-    final_regression = stages[best.results["final"]["stage"]]["regression"]
-    for task, base_task in baselines.get("regression", {}).items():
-        if (
-            task in final_regression
-            and base_task.get("per_example")
-            and final_regression[task].get("per_example")
-        ):
-            add(task, "base", base_task["per_example"], best_name, final_regression[task]["per_example"])
+    final_regression = best.results.final_stage.regression
+    for task, base_task in baselines.regression.items():
+        if task in final_regression and base_task.per_example and final_regression[task].per_example:
+            add(task, "base", base_task.per_example, best_name, final_regression[task].per_example)
     blocks.append(
         Table(
             [
@@ -383,11 +376,11 @@ def examples_section(ranked: list[Trial]) -> list:
     if not ranked:
         return blocks + [Para("No trial completed: no outputs to compare.", "warn")]
     best = ranked[0]
-    base_rows = best.results["baselines"]["zero_shot"]["per_example"]
+    base_rows = best.results.baselines.zero_shot.per_example
     adapter_rows = best.final_per_example
     check_aligned(base_rows, adapter_rows, "base zero-shot", f"trial {best.label}")
-    fixed = [(b, a) for b, a in zip(base_rows, adapter_rows, strict=True) if a["score"] > b["score"]]
-    broken = [(b, a) for b, a in zip(base_rows, adapter_rows, strict=True) if a["score"] < b["score"]]
+    fixed = [(b, a) for b, a in zip(base_rows, adapter_rows, strict=True) if a.score > b.score]
+    broken = [(b, a) for b, a in zip(base_rows, adapter_rows, strict=True) if a.score < b.score]
     blocks.append(
         Para(
             f"Trial {best.label} vs the base model zero-shot on {len(adapter_rows)} held-out examples: "
@@ -407,13 +400,7 @@ def examples_section(ranked: list[Trial]) -> list:
                 Table(
                     header,
                     [
-                        [
-                            a["source"],
-                            a["prompt"],
-                            fmt_reference(a["reference"]),
-                            fmt_output(b),
-                            fmt_output(a),
-                        ]
+                        [a.source, a.prompt, fmt_reference(a.reference), fmt_output(b), fmt_output(a)]
                         for b, a in pairs[:MAX_EXAMPLES_SHOWN]
                     ],
                     "examples",
@@ -424,55 +411,46 @@ def examples_section(ranked: list[Trial]) -> list:
 
 def data_card_section(sweeps: list[Sweep]) -> list:
     blocks: list = [Heading(2, "Data card")]
-    cards = []
+    cards = []  # (sweep, its best trial's results)
     for sweep in sweeps:
         complete = rank_trials(sweep.trials)
         cards.append((sweep, complete[0].results if complete else None))
-    known = ("sft_file", "sft_rows", "sft_examples", "sft_truncated", "duplicates_removed")
-    extra_keys = sorted(
-        {
-            k
-            for _, r in cards
-            if r
-            for k in r["data"]
-            if k not in known and k not in ("leakage", "chat_template_sample")
-        }
-    )
-    labels = {
-        "sft_file": "training file",
-        "sft_rows": "training rows read",
-        "sft_examples": "training examples used",
-        "sft_truncated": "training examples truncated",
-        "duplicates_removed": "duplicates removed",
-    }
-    rows = []
-    for key in (*known, *extra_keys):
-        rows.append(
-            [labels.get(key, key.replace("_", " "))]
-            + [fmt_value(r["data"].get(key)) if r else "—" for _, r in cards]
-        )
-    rows.append(["held-out examples"] + [str(r["eval_set"]["n"]) if r else "—" for _, r in cards])
-    tasks = list(dict.fromkeys(t for _, r in cards if r for t in r["baselines"].get("regression", {})))
-    for task in tasks:
-        docs = [r["baselines"]["regression"].get(task, {}).get("n") if r else None for _, r in cards]
+
+    def row(label: str, value: Callable[[RunResults], object]) -> list[str]:
+        return [label] + [fmt_value(value(r)) if r else "—" for _, r in cards]
+
+    rows = [
+        row("training file", lambda r: r.data.sft_file),
+        row("training rows read", lambda r: r.data.sft_rows),
+        row("training examples used", lambda r: r.data.sft_examples),
+        row("training examples truncated", lambda r: r.data.sft_truncated),
+        row("duplicates removed", lambda r: r.data.duplicates_removed),
+    ]
+    if any(r and r.data.preference_file is not None for _, r in cards):  # a DPO stage ran
+        rows += [
+            row("preference duplicates removed", lambda r: r.data.preference_duplicates_removed),
+            row("preference file", lambda r: r.data.preference_file),
+            row("preference pairs", lambda r: r.data.preference_pairs),
+            row("preference rows", lambda r: r.data.preference_rows),
+        ]
+    rows.append(["held-out examples"] + [str(r.eval_set.n) if r else "—" for _, r in cards])
+    for task in dict.fromkeys(t for _, r in cards if r for t in r.baselines.regression):
+        docs = [r.baselines.regression[task].n if r and task in r.baselines.regression else None for _, r in cards]
         rows.append([f"regression docs: {task}", *map(fmt_value, docs)])
-    rows.append(["leakage check"] + [leakage_text(r["data"]["leakage"]) if r else "—" for _, r in cards])
-    blocks.append(
-        Table(["", *[s.name for s, _ in cards]], rows, wrap_columns=tuple(range(1, len(cards) + 1)))
-    )
+    rows.append(["leakage check"] + [leakage_text(r.data.leakage) if r else "—" for _, r in cards])
+    blocks.append(Table(["", *[s.name for s, _ in cards]], rows, wrap_columns=tuple(range(1, len(cards) + 1))))
     for sweep, results in cards:
-        leakage = results["data"]["leakage"] if results else {}
-        if leakage.get("examples"):
+        if results and results.data.leakage.examples:
             blocks.append(
                 Pre(
-                    "\n".join(fmt_reference(e) for e in leakage["examples"]),
+                    "\n".join(fmt_reference(e) for e in results.data.leakage.examples),
                     summary=f"Overlapping examples found by the leakage check ({sweep.name})",
                 )
             )
     samples = {}
     for sweep, results in cards:
-        if results and results["data"].get("chat_template_sample"):
-            samples.setdefault(results["data"]["chat_template_sample"], []).append(sweep.name)
+        if results and results.data.chat_template_sample:
+            samples.setdefault(results.data.chat_template_sample, []).append(sweep.name)
     for sample, names in samples.items():
         blocks.append(
             Heading(3, "Decoded chat-template sample" + (f" ({', '.join(names)})" if len(cards) > 1 else ""))
@@ -488,23 +466,19 @@ def reproduce_section(sweeps: list[Sweep], ranked: list[Trial]) -> list:
     blocks: list = [Heading(2, "Reproduce")]
     if ranked:
         best = ranked[0]
-        metrics = best.results["metrics"]
+        metrics = best.results.metrics
         blocks += [
             Para(f"Re-run the best trial ({best.label}) alone:"),
-            Pre(best.command or "(no command recorded)"),
+            Pre(best.record.command or "(no command recorded)"),
             Pre(
-                yaml.safe_dump(best.results["config"], sort_keys=False, allow_unicode=True).rstrip(),
-                summary=f"Its resolved config (git revision {metrics.get('git_revision')}, device "
-                f"{metrics.get('device')}, seed {metrics.get('seed')})",
+                yaml.safe_dump(best.results.config, sort_keys=False, allow_unicode=True).rstrip(),
+                summary=f"Its resolved config (git revision {metrics.git_revision}, device "
+                f"{metrics.device}, seed {metrics.seed})",
             ),
-            Para(
-                "Library versions: "
-                + ", ".join(f"{k} {v}" for k, v in metrics.get("library_versions", {}).items())
-                + "."
-            ),
+            Para("Library versions: " + ", ".join(f"{k} {v}" for k, v in metrics.library_versions.items()) + "."),
         ]
     for sweep in sweeps:
-        blocks += [Para(f"Re-run sweep {sweep.name}:"), Pre(sweep.meta["command"])]
+        blocks += [Para(f"Re-run sweep {sweep.name}:"), Pre(sweep.meta.command)]
     dirs = " ".join(f"{Path(s.directory).parent.name}/{Path(s.directory).name}" for s in sweeps)
     blocks += [
         Para("Rebuild this report (reads artifacts only, loads no model):"),

@@ -248,9 +248,7 @@ def build_results(
     data: DataCard | None = None, baselines: BaselineScores | None = None,
 ) -> RunResults:
     """The results record of an evaluated adapter: the one builder for runs, sweep trials and gate evaluations."""
-    final_stage = list(stages)[-1]
-    final = stages[final_stage]
-    regression_delta = regression_deltas(baselines.regression if baselines else {}, final.regression, cfg)
+    final = final_scores(cfg, list(stages)[-1], stages, baselines)
     trained = {name: stage.train for name, stage in stages.items() if stage.train is not None}
     adapter_config = LoraConfig.from_pretrained(str(adapter_dir))
     return RunResults(
@@ -269,15 +267,7 @@ def build_results(
         data=data,
         baselines=baselines,
         stages=stages,
-        final=FinalScores(
-            stage=final_stage,
-            heldout=final.heldout.summary(),
-            meets_min_score=final.heldout.score >= cfg.eval.min_score,
-            regression={task: r.summary() for task, r in final.regression.items()},
-            regression_delta=regression_delta,
-            worst_regression=max((-d.delta for d in regression_delta.values()), default=0.0),
-            regression_ok=all(d.ok for d in regression_delta.values()),
-        ),
+        final=final,
         canary=canary,
         metrics=RunMetrics(
             train_runtime_s=sum(m.train_runtime_s for m in trained.values()),
@@ -293,6 +283,22 @@ def build_results(
             wall_time_s=seconds,
             stages=trained,
         ),
+    )
+
+
+def final_scores(cfg: RunConfig, stage: str, stages: dict[str, StageRecord],
+                 baselines: BaselineScores | None) -> FinalScores:
+    """The headline of a run: stage `stage`'s scores, and its verdicts against min_score and the base model."""
+    final = stages[stage]
+    deltas = regression_deltas(baselines.regression if baselines else {}, final.regression, cfg)
+    return FinalScores(
+        stage=stage,
+        heldout=final.heldout.summary(),
+        meets_min_score=final.heldout.score >= cfg.eval.min_score,
+        regression={task: r.summary() for task, r in final.regression.items()},
+        regression_delta=deltas,
+        worst_regression=max((-d.delta for d in deltas.values()), default=0.0),
+        regression_ok=all(d.ok for d in deltas.values()),
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 from dataclasses import dataclass, field, fields, replace
 from enum import IntEnum
 from pathlib import Path
@@ -208,6 +209,11 @@ def vllm_command(base: str, lora_name: str, adapter_dir: Path, max_lora_rank: in
     if chat_template is not None:
         parts += ["--chat-template", str(chat_template)]
     return " ".join(parts)
+
+
+def export_command(run_dir: Path) -> str:
+    """The command that ships a run's adapter; the report prints it under the adapter it recommends."""
+    return f"python -m harness.export {shlex.quote(str(run_dir))}"
 
 
 def default_lora_name(run_dir: Path) -> str:

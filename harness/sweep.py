@@ -321,6 +321,7 @@ def _write_sweep_json(cfg, sweep_dir, storage_url, space, eval_set_hash, n_trial
         price_per_gpu_hour=sweep.price_per_gpu_hour,
         config=OmegaConf.to_container(OmegaConf.structured(cfg)),
         started_at=previous.started_at if previous else started_at,
+        servable_ranks_only=sweep.servable_ranks_only,
         finished_at=finished_at,
         wall_time_s=wall_time_s,
     )

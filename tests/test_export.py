@@ -324,5 +324,5 @@ def test_shipped_sweeps_train_servable_ranks(sweep_file):
 
 
 def test_export_command_names_the_run():
-    assert export.export_command(Path("sweeps/rank/trials/002")) == "python -m harness.export sweeps/rank/trials/002"
+    assert serving.export_command(Path("sweeps/rank/trials/002")) == "python -m harness.export sweeps/rank/trials/002"
     assert serving.default_lora_name(Path("sweeps/rank/trials/002")) == "rank-002"

@@ -20,16 +20,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import TINY_OVERRIDES, make_config
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY_OVERRIDES, make_config
-from harness import gate
+from harness import gate, gate_report
 from harness.artifacts import REPO_ROOT, resolve_path
 from harness.evalset import freeze
 from harness.gate import CannotCompareError, GateReport, GateSettings, compare, make_baseline
 from harness.records import RESULTS_FORMAT, RunResults, from_json, write_record
-
 
 # Short generations and no prompt baseline: the gate needs neither, and the tests stay at seconds.
 GATE_TINY = TINY_OVERRIDES + ["eval.generation.max_new_tokens=8", "eval.prompt_baseline.enabled=false"]
@@ -342,7 +341,7 @@ def test_summary_keeps_model_outputs_inert():
     outputs = ["</td><script>alert(1)</script> | `x`\nnext"] + ["ok"] * 99
     baseline = make_baseline(_record(HELDOUT, {}, outputs=["ok"] * 100), "synthetic")
     report = compare(baseline, _record(_drop(HELDOUT, 1), {}, outputs=outputs), GateSettings())
-    summary = gate.markdown_summary(report)
+    summary = gate_report.markdown_summary(report)
     assert "<script>" not in summary and "&lt;script&gt;" in summary
     row = next(line for line in summary.splitlines() if "alert" in line)
     assert row.count("|") == 4 and "`" not in row  # the output's pipe and backticks cannot break the table
@@ -358,7 +357,7 @@ def _hostile_summaries() -> tuple[str, str]:
     baseline = make_baseline(_record(HELDOUT, {}, outputs=["ok"] * 100), "synthetic")
     compared = compare(baseline, _record(_drop(HELDOUT, 1), {}, outputs=outputs), GateSettings())
     refused = GateReport(verdict="cannot_compare", reason=HOSTILE)
-    return gate.markdown_summary(compared), gate.markdown_summary(refused)
+    return gate_report.markdown_summary(compared), gate_report.markdown_summary(refused)
 
 
 def test_summary_renders_hostile_model_output_and_reason_inert():
