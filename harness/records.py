@@ -25,11 +25,12 @@ from harness.recordio import RecordError, from_json, read_record, to_json, write
 __all__ = ["RecordError", "from_json", "read_record", "to_json", "write_record"]  # the codec, re-exported
 
 RESULTS_FORMAT = "harness.results/v3"
-TRIAL_FORMAT = "harness.trial/v1"
+TRIAL_FORMAT = "harness.trial/v2"
 SWEEP_FORMAT = "harness.sweep/v2"
 BEST_FORMAT = "harness.best/v1"
 BASELINE_FORMAT = "harness.gate/baseline-v3"
 BASELINE_CACHE_FORMAT = "harness.baseline-cache/v1"
+VERDICTS_FORMAT = "harness.verdicts/v1"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -329,7 +330,8 @@ class TrialRecord:
     number: int
     state: str  # RUNNING, COMPLETE, PRUNED, FAIL
     params: dict[str, Any]
-    command: str  # re-runs this trial alone
+    command: str  # re-runs this trial alone: `python -m harness` + overrides (verified to rebuild its config)
+    overrides: list[str]  # the sweep YAML's settings, the sweep command's Hydra overrides, the trial's params
     trial_dir: str
     host: str
     pid: int
@@ -366,6 +368,50 @@ class SweepRecord:
     finished_at: str | None = None
     wall_time_s: float | None = None
     format: str = SWEEP_FORMAT
+
+
+@dataclass
+class Verdict:
+    """One decision the report states, on the reporting split, in one of three states with its evidence."""
+
+    question: str  # min_score | finetuning_needed | best_vs_runner_up | cheaper_alternative
+    state: str  # min_score: meets|below|inconclusive; finetuning_needed: yes|no|inconclusive;
+    #             best_vs_runner_up: better|worse|inconclusive; cheaper_alternative: cheaper|best
+    text: str  # one line: the numbers, the method, and why this state
+    method: str  # the interval or test, named
+    estimate: float  # the score (min_score) or the paired difference (B - A)
+    ci_low: float
+    ci_high: float
+    n: int
+    p_value: float | None = None
+    p_adjusted: float | None = None  # Holm over the sweep's paired comparisons (see SweepVerdicts.correction)
+    examples_to_decide: int | None = None  # for an inconclusive state: examples that would decide it
+
+
+@dataclass
+class ReportingScore:
+    """A trial evaluated on the reporting split, beside its selection-split score."""
+
+    number: int
+    results: str  # its reporting evaluation's results.json
+    selection: ScoreSummary
+    reporting: ScoreSummary
+    optimism_gap: float  # selection - reporting: how much choosing on the selection split flattered it
+
+
+@dataclass
+class SweepVerdicts:
+    """verdicts.json: the sweep's verdicts on the reporting split, which no selection has touched."""
+
+    best: int  # best on the selection split (selection.rank_key): best.json
+    recommended: int  # the trial to ship: best, or a cheaper one not distinguishable from it
+    reasons: list[str]
+    scores: list[ReportingScore]  # best first, then the runner-up and the cheaper alternative where evaluated
+    verdicts: list[Verdict]
+    correction: str  # how the p-values of several comparisons were adjusted
+    equivalence_margin: float
+    alpha: float
+    format: str = VERDICTS_FORMAT
 
 
 @dataclass

@@ -56,7 +56,7 @@ RESULTS = {
                 "tokens_per_s": {"sft": 100.0}, "peak_memory_mb": 512.0, "stages": {"sft": TRAINING}},
 }
 TRIAL = {"format": records.TRIAL_FORMAT, "number": 3, "state": "COMPLETE", "params": {"lora_r": 8},
-         "command": "python -m harness lora.r=8", "trial_dir": "sweeps/rank/trials/003", "host": "h", "pid": 42,
+         "command": "python -m harness lora.r=8", "overrides": ["lora.r=8"], "trial_dir": "sweeps/rank/trials/003", "host": "h", "pid": 42,
          "started_at": "2026-12-01T00:00:00+00:00", "fail_reason": None,
          "intermediate": [{"step": 10, "score": 0.25}], "values": [0.5], "feasible": True, "duration_s": 12.5,
          "finished_at": "2026-12-01T00:01:00+00:00", "retry_of": None}
