@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from harness.verdicts import cheaper_verdict, finetuning_verdict, holm_adjust, min_score_verdict, paired_verdict
+from harness.verdicts import (
+    cheaper_verdict,
+    finetuning_verdict,
+    holm_adjust,
+    min_score_verdict,
+    paired_verdict,
+)
 
 
 def scores(right: int, n: int) -> list[float]:
