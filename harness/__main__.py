@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
         if run_config.sweep is not None:
             from harness.sweep import run_sweep
 
-            summary = run_sweep(run_config)
+            summary = run_sweep(run_config, list(HydraConfig.get().overrides.task))
             _remove_hydra_run_dir(run_dir)  # a sweep writes under sweeps/<name>/, not here
             if summary.n_complete == 0:
                 sys.exit(1)  # every trial failed or was pruned: nothing to ship

@@ -142,6 +142,9 @@ class EvalConfig:
     manifest: str = "evals/json_extract/manifest.json"  # frozen content hash (python -m harness.evalset freeze)
     graders: list[GraderConfig] = field(default_factory=lambda: [GraderConfig(type="json_fields")])
     min_score: float = 0.8  # the held-out score (first grader) an adapter must reach to ship
+    # score differences smaller than this do not matter for the task: a cheaper configuration within it of the
+    # best is shipped instead (TOST equivalence at this margin is reported)
+    equivalence_margin: float = 0.05
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     # which split of the eval set a run scores. selection: what sweeps optimise, prune and pick "best" on;
     # reporting: verdicts, best-vs-runner-up and the CI gate, never used to choose anything (every row of the
