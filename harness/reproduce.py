@@ -25,17 +25,33 @@ from harness.artifacts import REPO_ROOT
 CONF_DIR = REPO_ROOT / "conf"
 
 
-def trial_overrides(cfg, params: dict, task_overrides: Sequence[str]) -> list[str]:
-    """The overrides that rebuild the trial: the sweep YAML's settings, the user's, then the sampled params."""
+def trial_overrides(cfg, params: dict, task_overrides: Sequence[str] | None) -> list[str]:
+    """The overrides that rebuild the trial: the sweep YAML's settings, the user's, then the sampled params.
+
+    `task_overrides` None (a sweep started from Python with a config built some other way): every setting where
+    the sweep's config differs from the default composition, so the command still rebuilds it exactly.
+    """
     from harness.sweep import trial_settings
 
+    param_overrides = [f"{key}={override_value(value)}" for key, value in trial_settings(cfg, params).items()]
+    if task_overrides is None:
+        return [*config_overrides(cfg), *param_overrides]
     option = sweep_option(task_overrides, cfg.sweep.name)
     user = [o for o in task_overrides if not _is_sweep_or_hydra(o)]
     user_keys = {_key(o) for o in user}
     sweep_settings = [o for o in sweep_yaml_overrides(CONF_DIR / "sweep" / f"{option}.yaml")
                       if _key(o) not in user_keys]
-    param_overrides = [f"{key}={override_value(value)}" for key, value in trial_settings(cfg, params).items()]
     return [*sweep_settings, *user, *param_overrides]
+
+
+def config_overrides(cfg) -> list[str]:
+    """`key=value` for every leaf where `cfg` (its sweep node aside) differs from `python -m harness`'s default."""
+    from dataclasses import replace
+
+    default = OmegaConf.to_container(OmegaConf.structured(compose_run_config([])))
+    wanted = OmegaConf.to_container(OmegaConf.structured(replace(cfg, sweep=None)))
+    return [f"{key}={override_value(want)}"
+            for (key, got), (_, want) in zip(_leaves(default, ""), _leaves(wanted, ""), strict=True) if got != want]
 
 
 def trial_command(overrides: Sequence[str]) -> str:

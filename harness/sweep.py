@@ -91,9 +91,10 @@ class SweepSummary:
     failures: list[str]
 
 
-def run_sweep(cfg: RunConfig, overrides: Sequence[str] = ()) -> SweepSummary:
+def run_sweep(cfg: RunConfig, overrides: Sequence[str] | None = None) -> SweepSummary:
     """`overrides`: the Hydra task overrides `cfg` was composed with (HydraConfig's overrides.task); each trial
-    records them, with the sweep's settings and its params, as the command that re-runs it alone."""
+    records them, with the sweep's settings and its params, as the command that re-runs it alone. None: the
+    trials record every setting that differs from the default composition instead (harness.reproduce)."""
     from harness.run import prepare_inputs
 
     sweep = cfg.sweep
