@@ -13,9 +13,13 @@ match the current ones; otherwise the adapter is evaluated here (base model, ada
 regression benchmarks) and that evaluation is written as a results record (`candidate_results.json`). The
 Hydra overrides choose the eval set and the base model as for `python -m harness`: pass the baseline's.
 
+Everything is scored on the eval set's reporting split (eval.split=reporting is the gate's default): a baseline
+or candidate scored on the selection split, which a sweep chose on, is refused.
+
 Checks, each on the same examples as the baseline (paired: `harness.stats.compare_paired`, McNemar for 0/1
 scores, paired bootstrap otherwise):
-  heldout_min_score     the candidate's held-out score >= the baseline's min_score
+  heldout_min_score     three states on the candidate's interval: passes when its lower bound >= min_score,
+                        fails when its upper bound < min_score, warns when it straddles min_score
   heldout_vs_baseline   fails when the candidate is below the baseline by more than --min-effect AND the
                         paired test rejects "no difference" at --alpha
   regression/<task>     fails when the drop exceeds the task's max_regression AND the paired test rejects "no
@@ -68,6 +72,7 @@ def make_baseline(results: RunResults, created_from: str) -> GateBaseline:
     """The committed baseline record from a run's (or a gate evaluation's) results record."""
     if results.status != "complete":
         raise CannotCompareError(f"{created_from}: results status is {results.status!r}, not complete")
+    _require_reporting_split(created_from, results.eval_set.split)
     stage = results.final_stage
     heldout = stage.heldout
     keep_outputs = sum(len(row.output) for row in heldout.per_example) <= MAX_BASELINE_OUTPUT_CHARS
@@ -227,6 +232,7 @@ def check(cfg: RunConfig, candidate: Path, baseline_path: Path, settings: GateSe
     from harness.evalset import verify_frozen
 
     # 1. Refuse cheap mismatches before loading any weights.
+    _require_reporting_split("the gate's eval config", cfg.eval.split)
     baseline = load_baseline(baseline_path)
     locate_candidate(candidate)
     _require_same("eval set hash", baseline.eval_set.hash, verify_frozen(cfg.eval),
@@ -298,16 +304,18 @@ def compare(baseline: GateBaseline, candidate: RunResults, settings: GateSetting
 
 
 def _min_score_check(baseline: GateBaseline, cand_scores: list[float], cand_heldout: HeldoutResult) -> Check:
+    """Three states: meets (interval above min_score) passes, below (interval under it) fails, inconclusive warns."""
+    from harness.verdicts import min_score_verdict
+
     min_score, score = baseline.min_score, cand_heldout.score
-    passed = score >= min_score
+    verdict = min_score_verdict(cand_scores, min_score)
     return Check(
-        name="heldout_min_score", title="held-out score >= min_score",
-        status="pass" if passed else "fail",
-        message=(f"held-out score {score:.3f} {'>=' if passed else '<'} min_score {min_score:.3f} "
-                 f"(n={len(cand_scores)})"),
-        baseline=baseline.heldout.score, candidate=score, limit=f">= {min_score:.3f}",
+        name="heldout_min_score", title="held-out score vs min_score (interval)",
+        status={"meets": "pass", "below": "fail", "inconclusive": "warn"}[verdict.state],
+        message=f"held-out score {verdict.text}",
+        baseline=baseline.heldout.score, candidate=score, limit=f"interval vs {min_score:.3f}",
         delta=score - baseline.heldout.score,
-        ci_low=cand_heldout.ci_low, ci_high=cand_heldout.ci_high,
+        ci_low=verdict.ci_low, ci_high=verdict.ci_high,
         n=len(cand_scores),
     )
 
@@ -361,6 +369,14 @@ def _require_comparable(baseline: GateBaseline, candidate: RunResults) -> None:
                       len(cand_task.per_example), "check the task's limit")
         _require_same(f"regression {task} task_version", base_task.task_version, cand_task.task_version, "")
         _require_same(f"regression {task} metric", base_task.metric, cand_task.metric, "")
+
+
+def _require_reporting_split(what: str, split: str) -> None:
+    if split != "reporting":
+        raise CannotCompareError(
+            f"{what} is scored on the {split!r} split: the gate compares on the reporting split only (a sweep chose "
+            "its best on the selection split, so scores there are biased upward); use the trial's reporting "
+            "evaluation (sweeps/<name>/trials/<NNN>/reporting) or eval.split=reporting")
 
 
 def _require_same(what: str, baseline_value, candidate_value, hint: str) -> None:
@@ -442,7 +458,8 @@ def _compose(overrides: list[str]) -> RunConfig:
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base=None):
-        return to_run_config(compose("config", overrides=overrides))
+        # The gate judges on the reporting split, which no sweep selected on.
+        return to_run_config(compose("config", overrides=["eval.split=reporting", *overrides]))
 
 
 def _one_line(err: BaseException) -> str:

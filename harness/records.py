@@ -270,10 +270,10 @@ class RunMetrics:
     compute_dtype: str
     library_versions: dict[str, str]
     seed: int  # python, numpy and torch are seeded from it at the start and right before the adapter is created
-    torch_threads: int  # CPU results are bit-identical only at the same thread count
-    reproducibility: str  # what a rerun of the same command reproduces on this device (see run.reproducibility_note)
     git_revision: str
     wall_time_s: float
+    torch_threads: int = 0  # CPU results are bit-identical only at the same thread count
+    reproducibility: str = ""  # what a rerun of the same command reproduces here (see run.reproducibility_note)
     train_runtime_s: float = 0.0
     tokens_per_s: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float = 0.0

@@ -86,7 +86,8 @@ class PairedComparison:
         """One plain-English line for reports, with the delta in points (scores x 100)."""
         level = f"{100 * (1 - self.alpha):g}%"
         test = {"mcnemar": "McNemar", "paired_bootstrap": "paired bootstrap"}[self.method]
-        interval = f"{level} CI {100 * self.ci_low:+.1f} to {100 * self.ci_high:+.1f}"
+        kind = {"mcnemar": "exact conditional", "paired_bootstrap": "bootstrap percentile"}[self.method]
+        interval = f"{level} {kind} CI {100 * self.ci_low:+.1f} to {100 * self.ci_high:+.1f}"
         p_text = "p<0.001" if self.p_value < 0.001 else f"p={self.p_value:.2g}"
         if not self.significant:
             return (

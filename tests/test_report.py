@@ -473,3 +473,31 @@ def test_report_renders_in_headless_chromium(sweep_dir, tmp_path, chromium):
     path = write_report([sweep_dir], tmp_path / "report")
     checks = report_screenshot.check_report(path, tmp_path / "screenshot.png")
     assert checks["verdict_on_page"] and checks["images_on_page"] == 4 and checks["screenshot_not_blank"]
+
+
+def test_reporting_split_verdicts_are_shown_beside_selection_scores(sweep_dir, tmp_path):
+    from harness.records import SweepVerdicts
+    from harness.reporting import decide
+
+    judged = tmp_path / "rank"
+    shutil.copytree(sweep_dir, judged)
+    scored = {}
+    for number in (0, 1):
+        trial = read_record(TrialRecord, judged / "trials" / f"{number:03d}" / "trial.json")
+        results = read_record(RunResults, judged / "trials" / f"{number:03d}" / "results.json")
+        # A stand-in reporting evaluation: the same adapter's record with one more example wrong.
+        reporting = copy.deepcopy(results)
+        reporting.final.heldout.score -= 0.125
+        scored[number] = (trial, results, reporting)
+    write_record(judged / "verdicts.json", decide(scored, best=0, runner_up=1, cheaper=None, margin=0.05))
+    verdicts = read_record(SweepVerdicts, judged / "verdicts.json")
+    assert verdicts.scores[0].optimism_gap == pytest.approx(0.125)
+    markdown = build_report([load_sweep(judged)]).markdown
+    section = markdown.split("## Verdicts on the reporting split", 1)[1].split("\n## ", 1)[0]
+    assert "Recommended adapter: trial #0" in section and "optimism gap" in section and "+0.125" in section
+    for verdict in verdicts.verdicts:
+        assert verdict.state.upper() in section
+    assert "Wilson score interval" in section and "exact conditional" in section
+    # Without verdicts.json the report says its scores are the biased selection ones.
+    plain = build_report([load_sweep(sweep_dir)]).markdown
+    assert "No reporting-split verdicts" in plain.split("## Verdicts on the reporting split", 1)[1]

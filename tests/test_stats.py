@@ -192,7 +192,7 @@ def test_verdict_wording():
         method="mcnemar", n=100, mean_a=0.5, mean_b=0.62, delta=0.12, ci_low=0.051, ci_high=0.189,
         p_value=0.002, wins=14, losses=2, ties=84, significant=True,
     )
-    expected = "B is better than A by +12.0 points (95% CI +5.1 to +18.9, McNemar p=0.002)"
+    expected = "B is better than A by +12.0 points (95% exact conditional CI +5.1 to +18.9, McNemar p=0.002)"
     assert comparison.verdict() == expected
 
 
