@@ -331,7 +331,6 @@ class TrialRecord:
     state: str  # RUNNING, COMPLETE, PRUNED, FAIL
     params: dict[str, Any]
     command: str  # re-runs this trial alone: `python -m harness` + overrides (verified to rebuild its config)
-    overrides: list[str]  # the sweep YAML's settings, the sweep command's Hydra overrides, the trial's params
     trial_dir: str
     host: str
     pid: int
@@ -343,6 +342,9 @@ class TrialRecord:
     duration_s: float | None = None
     finished_at: str | None = None
     retry_of: int | None = None
+    # the sweep YAML's settings, the sweep command's Hydra overrides, the trial's params: `command` is
+    # `python -m harness` + these, checked by composing them before the trial trains
+    overrides: list[str] = field(default_factory=list)
     format: str = TRIAL_FORMAT
 
 

@@ -64,8 +64,8 @@ SWEEP = {"format": records.SWEEP_FORMAT, "name": "rank", "question": "q", "comma
          "storage": "sqlite:///s.db", "sampler": "grid", "pruner": "none", "objective": "heldout",
          "n_trials": 3, "space": {"lora_r": [4, 8]}, "eval_set": {**EVAL_SET, "n": None},
          "model": {"id": "tiny", "hash": None, "quantized": True, "compute_dtype": None, "attn_implementation": None},
-         "price_per_gpu_hour": 2.0, "config": {"seed": 0}, "started_at": "t0", "finished_at": None,
-         "wall_time_s": None}
+         "price_per_gpu_hour": 2.0, "config": {"seed": 0}, "started_at": "t0", "servable_ranks_only": True,
+         "finished_at": None, "wall_time_s": None}
 BEST = {"format": records.BEST_FORMAT, "number": 3, "trial_dir": "t/003", "adapter": "t/003/adapter",
         "params": {"lora_r": 8}, "score": 0.5, "feasible": True}
 BASELINE = {"format": records.BASELINE_FORMAT, "created_from": "run/results.json", "created_at": "t",
@@ -78,8 +78,18 @@ BASELINE = {"format": records.BASELINE_FORMAT, "created_from": "run/results.json
 CACHE = {"format": records.BASELINE_CACHE_FORMAT, "key": "k", "eval_set_hash": "abc", "model_id": "tiny",
          "model_hash": "0123", "zero_shot": HELDOUT, "prompt_baseline": HELDOUT, "regression": {"mc": REGRESSION}}
 
+VERDICT = {"question": "min_score", "state": "inconclusive", "text": "t", "method": "95% Wilson score interval",
+           "estimate": 0.8, "ci_low": 0.71, "ci_high": 0.87, "n": 100, "p_value": None, "p_adjusted": None,
+           "examples_to_decide": None}
+VERDICTS = {"format": records.VERDICTS_FORMAT, "best": 2, "recommended": 1, "reasons": ["cheaper"],
+            "scores": [{"number": 2, "results": "t/002/reporting/results.json", "selection": SUMMARY,
+                        "reporting": SUMMARY, "optimism_gap": 0.0}],
+            "verdicts": [VERDICT, {**VERDICT, "question": "best_vs_runner_up", "state": "better", "p_value": 0.01,
+                                   "p_adjusted": 0.02, "examples_to_decide": 12}],
+            "correction": "Holm", "equivalence_margin": 0.05, "alpha": 0.05}
 CASES = [(records.RunResults, RESULTS), (records.TrialRecord, TRIAL), (records.SweepRecord, SWEEP),
-         (records.BestTrial, BEST), (records.GateBaseline, BASELINE), (records.BaselineCache, CACHE)]
+         (records.BestTrial, BEST), (records.GateBaseline, BASELINE), (records.BaselineCache, CACHE),
+         (records.SweepVerdicts, VERDICTS)]
 
 
 def _same(a, b) -> bool:

@@ -238,9 +238,9 @@ def test_report_has_every_section(sweep_dir, tmp_path):
         assert f"\n## {section}\n" in markdown
     # Verdict: the best feasible trial (0, not the higher-scoring trial 1 that broke a regression limit),
     # against the base and the prompt baseline, and whether prompting alone was enough.
-    assert "Best adapter: trial #0 (lora_r=4), held-out 0.750" in page
-    assert "does NOT meet min_score 0.8" in page
-    assert "Was fine-tuning needed? " in page and "Prompting alone scores 0.250 &lt; min_score 0.8" in page
+    assert "Best on the selection split: trial #0 (lora_r=4), selection split 0.750" in page
+    assert "biased upward" in page and "No reporting-split verdicts" in page
+    assert "was fine-tuning needed? " in page and "Prompting alone scores 0.250 &lt; min_score 0.8" in page
     assert "1 of 2 completed trials exceeded a limit" in page
     assert "Eval set json_extract (hash " in page
     assert "best.json names" not in page  # it names trial 0 too
@@ -306,7 +306,7 @@ def test_best_is_the_sweeps_best_json_pick(sweep_dir, tmp_path):
     sweep = load_sweep(stale)
     assert rank_trials(sweep.trials)[0].record.number == best_trial([t.record for t in sweep.trials]).number == 1
     page = write_report([stale], tmp_path / "report").read_text(encoding="utf-8")
-    assert "Best adapter: trial #1 (lora_r=8)" in page
+    assert "Best on the selection split: trial #1 (lora_r=8)" in page
     # Its SFT and DPO stages are compared with each other (a paired row only a DPO best trial gets).
     markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "| held-out | trial \\#1 after SFT | trial \\#1 after DPO | 8 |" in markdown
@@ -409,7 +409,7 @@ def test_sweeps_on_the_same_eval_set_share_one_table(sweep_dir, tmp_path):
     out = tmp_path / "both"
     page = write_report([sweep_dir, alpha], out).read_text(encoding="utf-8")
     assert "<th>sweep</th>" in page and "Sweep report: rank+alpha" in page
-    assert "Best adapter: trial rank#0" in page  # ties keep the order the sweeps were given in
+    assert "Best on the selection split: trial rank#0" in page  # ties keep the order the sweeps were given in
     assert "best.json names" not in page  # each sweep's best.json is about that sweep alone
     rows = (out / "trials.csv").read_text().splitlines()[1:]
     assert sorted({r.split(",")[0] for r in rows}) == ["alpha", "rank"] and len(rows) == 8
@@ -492,9 +492,10 @@ def test_reporting_split_verdicts_are_shown_beside_selection_scores(sweep_dir, t
     write_record(judged / "verdicts.json", decide(scored, best=0, runner_up=1, cheaper=None, margin=0.05))
     verdicts = read_record(SweepVerdicts, judged / "verdicts.json")
     assert verdicts.scores[0].optimism_gap == pytest.approx(0.125)
-    markdown = build_report([load_sweep(judged)]).markdown
-    section = markdown.split("## Verdicts on the reporting split", 1)[1].split("\n## ", 1)[0]
-    assert "Recommended adapter: trial #0" in section and "optimism gap" in section and "+0.125" in section
+    report = build_report([load_sweep(judged)])
+    assert "Recommended adapter: trial #0" in report.html
+    section = report.markdown.split("## Verdicts on the reporting split", 1)[1].split("\n## ", 1)[0]
+    assert "optimism gap" in section and "+0.125" in section
     for verdict in verdicts.verdicts:
         assert verdict.state.upper() in section
     assert "Wilson score interval" in section and "exact conditional" in section
