@@ -53,7 +53,7 @@ from harness.records import (
     read_record,
     write_record,
 )
-from harness.stats import compare_paired
+from harness.stats import compare_paired, holm
 
 # Baselines keep each example's output when they are this small in total (characters), so that a failing gate
 # can show what changed; larger eval sets keep scores only, to keep the committed file reviewable.
@@ -257,13 +257,20 @@ def compare(baseline: GateBaseline, candidate: RunResults, settings: GateSetting
     base_rows, cand_rows = baseline.heldout.per_example, stage.heldout.per_example
     base_scores, cand_scores = [r.score for r in base_rows], [r.score for r in cand_rows]
 
-    checks = [_min_score_check(baseline, cand_scores, stage.heldout),
-              _paired_check("heldout_vs_baseline", f"held-out vs baseline ({baseline.eval_set.name})",
-                            base_scores, cand_scores, settings.min_effect, settings)]
+    # One verdict rests on every paired check (held-out and each benchmark): their p-values are Holm-adjusted
+    # together, so more benchmarks do not mean more chances of failing on noise.
+    paired_inputs = {"heldout_vs_baseline": (f"held-out vs baseline ({baseline.eval_set.name})", base_scores,
+                                             cand_scores, settings.min_effect)}
     for task, base_task in baseline.regression.items():
-        checks.append(_paired_check(f"regression/{task}", f"regression {task} ({base_task.metric})",
-                                    base_task.per_example, stage.regression[task].per_example,
-                                    base_task.max_regression, settings))
+        paired_inputs[f"regression/{task}"] = (f"regression {task} ({base_task.metric})", base_task.per_example,
+                                               stage.regression[task].per_example, base_task.max_regression)
+    raw = {name: compare_paired(a, b, alpha=settings.alpha, seed=settings.seed).p_value
+           for name, (_, a, b, _) in paired_inputs.items()}
+    adjusted = dict(zip(raw, holm(list(raw.values())), strict=True))
+    checks = [_min_score_check(baseline, cand_scores, stage.heldout)]
+    for name, (title, a, b, max_drop) in paired_inputs.items():
+        checks.append(_paired_check(name, title, a, b, max_drop, settings,
+                                    adjusted[name] if len(adjusted) > 1 else None))
 
     notes = []
     if candidate.adapter.hash == baseline.adapter.hash:
@@ -321,21 +328,26 @@ def _min_score_check(baseline: GateBaseline, cand_scores: list[float], cand_held
 
 
 def _paired_check(name: str, title: str, base_scores: list[float], cand_scores: list[float], max_drop: float,
-                  settings: GateSettings) -> Check:
-    """Fail only when the drop is beyond `max_drop` and the paired test says it is not noise."""
+                  settings: GateSettings, p_adjusted: float | None = None) -> Check:
+    """Fail only when the drop is beyond `max_drop` and the paired test (Holm-adjusted over the gate's paired
+    checks when there are several) says it is not noise."""
     comparison = compare_paired(base_scores, cand_scores, alpha=settings.alpha, seed=settings.seed)
+    p_value = comparison.p_value if p_adjusted is None else p_adjusted
     beyond_limit = comparison.delta < -max_drop
-    if beyond_limit and comparison.significant:
+    if beyond_limit and p_value < settings.alpha:
         status, why = "fail", f"drop beyond the {max_drop:.3f} limit and significant"
     elif beyond_limit:
         status, why = "warn", f"drop beyond the {max_drop:.3f} limit but not distinguishable from noise"
     else:
         status, why = "pass", f"within the {max_drop:.3f} limit"
     p_text = "p<0.001" if comparison.p_value < 0.001 else f"p={comparison.p_value:.2g}"
+    if p_adjusted is not None:
+        p_text += f", Holm-adjusted {p_adjusted:.2g}"
     return Check(
         name=name, title=title, status=status,
         message=(f"{comparison.mean_a:.3f} -> {comparison.mean_b:.3f} (delta {comparison.delta:+.3f}, "
-                 f"{100 * (1 - settings.alpha):g}% CI [{comparison.ci_low:+.3f}, {comparison.ci_high:+.3f}], "
+                 f"{100 * (1 - settings.alpha):g}% {comparison.interval_method} CI "
+                 f"[{comparison.ci_low:+.3f}, {comparison.ci_high:+.3f}], "
                  f"{comparison.method} {p_text}, {comparison.losses} worse / {comparison.wins} better of "
                  f"{comparison.n}): {why}"),
         baseline=comparison.mean_a, candidate=comparison.mean_b,

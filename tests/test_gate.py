@@ -419,3 +419,20 @@ def test_a_selection_split_record_cannot_become_a_baseline(gate_setup, tmp_path)
         make_baseline(results, "selection run")
     with pytest.raises(gate.CannotCompareError, match="reporting split only"):
         gate.check(make_config(overrides), tmp_path / "selection_run", gate_setup.golden_baseline, GateSettings())
+
+
+def test_paired_checks_are_holm_adjusted_across_benchmarks():
+    # A benchmark with 9 losses and 1 win of 100 (-0.08, beyond the 0.05 limit): exact p = 2 * 11/1024 = 0.0215.
+    # Beside the held-out check (Holm x2: 0.043) it fails; with a second equally noisy benchmark Holm multiplies
+    # the smallest p by 3 (0.064): the gate warns instead of failing on noise spread over more benchmarks.
+    base = [1.0] * 80 + [0.0] * 20
+    dropped = _drop(base, 9)
+    dropped[80] = 1.0
+    alone = compare(make_baseline(_record(HELDOUT, {"a": base}), "s"), _record(HELDOUT, {"a": dropped}),
+                    GateSettings())
+    assert {c.name: c.status for c in alone.checks}["regression/a"] == "fail"
+    both = compare(make_baseline(_record(HELDOUT, {"a": base, "b": base}), "s"),
+                   _record(HELDOUT, {"a": dropped, "b": dropped}), GateSettings())
+    statuses = {c.name: c.status for c in both.checks}
+    assert statuses["regression/a"] == statuses["regression/b"] == "warn" and both.verdict == "pass"
+    assert "Holm-adjusted 0.064" in {c.name: c for c in both.checks}["regression/a"].message
