@@ -354,7 +354,7 @@ def summary_table(results: RunResults) -> str:
 
     base, eval_set = results.baselines, results.eval_set
     lines = [
-        (f"eval set {eval_set.name} (hash {eval_set.hash}, n={eval_set.n}, "
+        (f"eval set {eval_set.name}, {eval_set.split} split (hash {eval_set.hash}, n={eval_set.n}, "
          f"min_score {eval_set.min_score}), base {results.model.id}"),
         f"{'model':<34}{'held-out score [95% CI]':<28}",
         f"{'base zero-shot' + (' (cached)' if base.cached else ''):<34}{fmt(base.zero_shot):<28}",
