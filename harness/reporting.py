@@ -80,27 +80,26 @@ def decide(scored: dict[int, tuple[TrialRecord, RunResults, RunResults]], best: 
     def name(number: int) -> str:
         return f"trial {number} {_params(scored[number][0])}"
 
-    comparisons = {}  # question -> (A name, A scores, B name, B scores)
-    if cheaper is not None:
-        comparisons["cheaper_alternative"] = (name(cheaper), reporting_scores(cheaper), name(best),
-                                              reporting_scores(best))
-    if runner_up is not None:
-        comparisons["best_vs_runner_up"] = (name(runner_up), reporting_scores(runner_up), name(best),
-                                            reporting_scores(best))
+    # (A name, A scores, B name, B scores) of each comparison between trials
+    versus_cheaper = (name(cheaper), reporting_scores(cheaper), name(best), reporting_scores(best)) \
+        if cheaper is not None else None
+    versus_runner_up = (name(runner_up), reporting_scores(runner_up), name(best), reporting_scores(best)) \
+        if runner_up is not None else None
+    comparisons = {q: pair for q, pair in (("cheaper_alternative", versus_cheaper),
+                                           ("best_vs_runner_up", versus_runner_up)) if pair is not None}
     # One decision (which trial to ship) rests on these comparisons between trials: Holm-adjust them together.
-    raw = {q: paired_verdict(q, *args, alpha=ALPHA).p_value for q, args in comparisons.items()}
+    raw = {q: paired_verdict(q, *pair, alpha=ALPHA).p_value for q, pair in comparisons.items()}
     adjusted = holm_adjust(raw) if len(raw) > 1 else {}
 
     verdicts, reasons = [], []
-    recommended = best
-    if cheaper is not None:
-        a_name, a, b_name, b = comparisons["cheaper_alternative"]
+    choice = None
+    if versus_cheaper is not None:
+        a_name, a, b_name, b = versus_cheaper
         choice = cheaper_verdict(b_name, b, a_name, a, margin, ALPHA, adjusted.get("cheaper_alternative"))
-        recommended = cheaper if choice.state == "cheaper" else best
         reasons.append(choice.text)
     else:
-        choice = None
         reasons.append(f"no completed trial within its limits is cheaper than the best ({name(best)})")
+    recommended = cheaper if choice is not None and choice.state == "cheaper" else best
 
     # min_score and "was fine-tuning needed?" concern the adapter to ship, against the base model's baselines on
     # the same reporting examples.
@@ -111,8 +110,8 @@ def decide(scored: dict[int, tuple[TrialRecord, RunResults, RunResults]], best: 
     prompt = (baselines.prompt_baseline or baselines.zero_shot) if baselines else None
     if prompt is not None:
         verdicts.append(finetuning_verdict(prompt.scores, adapter, reporting.eval_set.min_score, ALPHA))
-    if runner_up is not None:
-        verdicts.append(paired_verdict("best_vs_runner_up", *comparisons["best_vs_runner_up"], alpha=ALPHA,
+    if versus_runner_up is not None:
+        verdicts.append(paired_verdict("best_vs_runner_up", *versus_runner_up, alpha=ALPHA,
                                        p_adjusted=adjusted.get("best_vs_runner_up")))
     if choice is not None:
         verdicts.append(choice)

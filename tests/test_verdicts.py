@@ -75,3 +75,35 @@ def test_cheaper_configuration_is_recommended_when_not_distinguishable():
     assert identical_but_one.state == "cheaper" and "equivalent within ±0.05" in identical_but_one.text
     clearly_better = cheaper_verdict("r=16", [1.0] * 70 + [0.0] * 30, "r=4", scores(50, 100), margin=0.05)
     assert clearly_better.state == "best"
+
+
+def _judged(number: int, params: dict, selection: list[float], reporting: list[float], prompt: list[float]):
+    """(trial, selection results, reporting results) with just what harness.reporting.decide reads."""
+    from types import SimpleNamespace as NS
+
+    from harness.records import ScoreSummary
+
+    def record(values, split):
+        mean = sum(values) / len(values)
+        return NS(final_stage=NS(heldout=NS(scores=values)), final=NS(heldout=ScoreSummary(mean, 0.0, 0.0, 1.0,
+                  len(values))), eval_set=NS(min_score=0.8, split=split), run_dir=f"t/{number}/{split}",
+                  baselines=NS(prompt_baseline=NS(scores=prompt), zero_shot=None))
+
+    return NS(number=number, params=params), record(selection, "selection"), record(reporting, "reporting")
+
+
+def test_decide_recommends_the_cheaper_trial_and_judges_it_on_the_reporting_split():
+    from harness.reporting import decide
+
+    prompt = scores(40, 100)
+    best = _judged(2, {"lora_r": 16}, scores(95, 100), [0.0] * 6 + [1.0] * 7 + [1.0] * 70 + [0.0] * 17, prompt)
+    cheap = _judged(1, {"lora_r": 4}, scores(90, 100), [1.0] * 6 + [0.0] * 7 + [1.0] * 70 + [0.0] * 17, prompt)
+    verdicts = decide({2: best, 1: cheap}, best=2, runner_up=1, cheaper=1, margin=0.05)
+    assert verdicts.best == 2 and verdicts.recommended == 1
+    states = {v.question: v.state for v in verdicts.verdicts}
+    assert states == {"min_score": "inconclusive", "finetuning_needed": "yes", "best_vs_runner_up": "inconclusive",
+                      "cheaper_alternative": "cheaper"}
+    assert verdicts.scores[0].number == 2 and verdicts.scores[0].optimism_gap == pytest.approx(0.95 - 0.77)
+    assert "Holm over the 2 comparisons" in verdicts.correction
+    assert all(v.p_adjusted is not None for v in verdicts.verdicts if v.question != "finetuning_needed"
+               and v.question != "min_score")
