@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> None:
             from harness.sweep import DiskError, run_sweep
 
             try:
-                summary = run_sweep(run_config)
+                summary = run_sweep(run_config, list(HydraConfig.get().overrides.task))
             except DiskError as err:
                 _remove_hydra_run_dir(run_dir)
                 print(f"error: {err}", file=sys.stderr)

@@ -130,6 +130,9 @@ class LeakageConfig:
     max_overlap_fraction: float = 0.0  # refuse when more held-out examples than this fraction overlap
 
 
+EVAL_SPLITS = ("selection", "reporting")
+
+
 @dataclass
 class EvalConfig:
     """A frozen held-out eval set and the regression benchmarks that guard general ability."""
@@ -139,8 +142,15 @@ class EvalConfig:
     manifest: str = "evals/json_extract/manifest.json"  # frozen content hash (python -m harness.evalset freeze)
     graders: list[GraderConfig] = field(default_factory=lambda: [GraderConfig(type="json_fields")])
     min_score: float = 0.8  # the held-out score (first grader) an adapter must reach to ship
+    # score differences smaller than this do not matter for the task: a cheaper configuration within it of the
+    # best is shipped instead (TOST equivalence at this margin is reported)
+    equivalence_margin: float = 0.05
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    max_examples: Optional[int] = None  # evaluate only the first N held-out examples (None = all)
+    # which split of the eval set a run scores. selection: what sweeps optimise, prune and pick "best" on;
+    # reporting: verdicts, best-vs-runner-up and the CI gate, never used to choose anything (every row of the
+    # data file says which split it is in, and the manifest freezes both)
+    split: str = "selection"
+    max_examples: Optional[int] = None  # evaluate only the first N examples of the split (None = all)
     canary_examples: int = 4  # held-out prompts used to prove that an adapter changes outputs
     prompt_baseline: PromptBaselineConfig = field(default_factory=PromptBaselineConfig)
     leakage: LeakageConfig = field(default_factory=LeakageConfig)
@@ -152,6 +162,8 @@ class EvalConfig:
             raise ValueError(f"eval.graders is empty for eval set {self.name!r}: name at least one grader")
         if not 0.0 <= self.min_score <= 1.0:
             raise ValueError(f"eval.min_score={self.min_score} must be in [0, 1]")
+        if self.split not in EVAL_SPLITS:
+            raise ValueError(f"eval.split={self.split!r}: expected one of {', '.join(EVAL_SPLITS)}")
 
 
 @dataclass
@@ -332,6 +344,11 @@ class RunConfig:
 
     def validate(self) -> None:
         """Cross-group rules, checked before any model is loaded."""
+        if self.sweep is not None and self.eval.split != "selection":
+            raise ValueError(
+                f"eval.split={self.eval.split!r} with sweep {self.sweep.name!r}: a sweep selects on the selection "
+                "split only (it scores its chosen trials on the reporting split itself)"
+            )
         if "dpo" in self.train.stages and not self.data.preference_file:
             raise ValueError(
                 f"train.stages={self.train.stages} needs preference data: set data.preference_file"

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness.config import EvalConfig
+from harness.config import EVAL_SPLITS, EvalConfig
 from harness.data import Conversation, DataError, Message, as_messages, chat, read_jsonl, validate_messages
 from harness.faults import kill_point
 from harness.graders import aggregate, grade, grader_version
@@ -43,21 +43,32 @@ class HeldoutExample:
         self.messages = as_messages(self.messages)
 
 
-def load_heldout(eval_cfg: EvalConfig) -> list[HeldoutExample]:
-    """The eval set's rows; an empty or malformed set is an error naming the file and line."""
-    examples = []
+def load_eval_splits(eval_cfg: EvalConfig) -> dict[str, list[HeldoutExample]]:
+    """Every row of the eval set, by split; a malformed row or a split with no rows is an error naming the file."""
+    splits: dict[str, list[HeldoutExample]] = {name: [] for name in EVAL_SPLITS}
     for where, row in read_jsonl(eval_cfg.data_file):
-        for key in ("messages", "reference"):
+        for key in ("messages", "reference", "split"):
             if key not in row:
                 raise DataError(f"{where}: missing field {key!r} (found keys: {sorted(row)})")
+        split = row.get("split")
+        if split not in splits:
+            raise DataError(f"{where}: split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
         messages = validate_messages(row.get("messages"), where, need_assistant=False)
         if messages[-1].role == "assistant":
             raise DataError(f"{where}: the held-out prompt must end with a user turn, not the answer")
-        examples.append(HeldoutExample(messages, row.get("reference"), where))
+        splits[split].append(HeldoutExample(messages, row.get("reference"), where))
+    for name, examples in splits.items():
+        if not examples:
+            raise DataError(f"{eval_cfg.data_file}: the eval set has no {name} rows (each row needs "
+                            f'"split": "selection" or "reporting"; selection picks, reporting judges)')
+    return splits
+
+
+def load_heldout(eval_cfg: EvalConfig) -> list[HeldoutExample]:
+    """The rows of the eval set's `eval.split` (its first `max_examples`); errors name the file and line."""
+    examples = load_eval_splits(eval_cfg)[eval_cfg.split]
     if eval_cfg.max_examples is not None:
         examples = examples[: eval_cfg.max_examples]
-    if not examples:
-        raise DataError(f"{eval_cfg.data_file}: the eval set is empty")
     return examples
 
 

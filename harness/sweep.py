@@ -36,6 +36,7 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -114,7 +115,10 @@ class SweepSummary:
     failures: list[str]
 
 
-def run_sweep(cfg: RunConfig) -> SweepSummary:
+def run_sweep(cfg: RunConfig, overrides: Sequence[str] | None = None) -> SweepSummary:
+    """`overrides`: the Hydra task overrides `cfg` was composed with (HydraConfig's overrides.task); each trial
+    records them, with the sweep's settings and its params, as the command that re-runs it alone. None: the
+    trials record every setting that differs from the default composition instead (harness.reproduce)."""
     from harness.run import prepare_inputs
 
     sweep = cfg.sweep
@@ -134,7 +138,7 @@ def run_sweep(cfg: RunConfig) -> SweepSummary:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     try:
         with single_worker_lock(storage_url, sweep_dir):
-            return _sweep(cfg, sweep_dir, storage_url, space, inputs, started)
+            return _sweep(cfg, sweep_dir, storage_url, space, inputs, started, overrides)
     except Exception as err:
         if disk_error(err):
             raise DiskError(
@@ -144,7 +148,7 @@ def run_sweep(cfg: RunConfig) -> SweepSummary:
         raise
 
 
-def _sweep(cfg, sweep_dir, storage_url, space, inputs, started) -> SweepSummary:
+def _sweep(cfg, sweep_dir, storage_url, space, inputs, started, overrides) -> SweepSummary:
     sweep = cfg.sweep
     # 2. Create or join the study (refused if its space, objective or eval set changed); a grid is enqueued once.
     identity = {"space": space, "objective": sweep.objective, "eval_set": inputs.eval_set_hash}
@@ -160,7 +164,7 @@ def _sweep(cfg, sweep_dir, storage_url, space, inputs, started) -> SweepSummary:
         while (trial := next_trial(study, sweep, sweep_dir, n_trials, outcome)) is not None:
             progress.n = counted(study)
             progress.refresh()
-            _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker)
+            _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, overrides)
     finally:
         progress.n = counted(study)
         progress.close()
@@ -205,13 +209,6 @@ def apply_params(cfg: RunConfig, params: dict) -> RunConfig:
     return OmegaConf.to_object(conf)
 
 
-def trial_command(cfg: RunConfig, params: dict) -> str:
-    """The command that re-runs one trial alone."""
-    parts = [f"{key}={value}" for key, value in trial_settings(cfg, params).items()]
-    base_args = [a for a in sys.argv[1:] if not a.startswith("+sweep=") and not a.startswith("sweep.")]
-    return " ".join(["python -m harness", *base_args, *parts])
-
-
 # ---------------------------------------------------------------------------------------------------------
 # One trial
 
@@ -237,7 +234,8 @@ class _PruningCallback(TrialSteps):
             raise optuna.TrialPruned(f"held-out subset score {score:.3f} at step {step}")
 
 
-def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
+def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, task_overrides) -> None:
+    from harness.reproduce import trial_command, trial_overrides, verify_overrides
     from harness.run import run_experiment
 
     sweep = cfg.sweep
@@ -247,8 +245,9 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
     retry_of = trial.user_attrs.get("retry_of")
     if retry_of is None:  # Optuna's heartbeat retry names the failed trial in a system attribute
         retry_of = study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+    overrides = [redact(o) for o in trial_overrides(cfg, params, task_overrides)]
     record = TrialRecord(
-        number=trial.number, state="RUNNING", params=params, command=redact(trial_command(cfg, params)),
+        number=trial.number, state="RUNNING", params=params, command=trial_command(overrides), overrides=overrides,
         trial_dir=str(trial_dir), host=socket.gethostname(), pid=os.getpid(), started_at=_now(), retry_of=retry_of,
     )
     write_record(trial_dir / "trial.json", record)
@@ -264,6 +263,7 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
     heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
     try:
         trial_cfg = apply_params(cfg, params)
+        verify_overrides(overrides, trial_cfg)  # the recorded command rebuilds exactly this config
         with heartbeat:
             results = run_experiment(trial_cfg, trial_dir, inputs, callbacks=callbacks, progress=False)
         kill_point("after_results")
@@ -364,7 +364,7 @@ def _write_sweep_json(cfg, sweep_dir, storage_url, space, eval_set_hash, n_trial
         n_trials=n_trials,
         space=space,
         eval_set=eval_set or EvalSetIdentity(name=cfg.eval.name, hash=eval_set_hash, n=None,
-                                             min_score=cfg.eval.min_score),
+                                             min_score=cfg.eval.min_score, split=cfg.eval.split),
         model=model or ModelIdentity(id=cfg.model.name_or_path, hash=None, quantized=cfg.quant.method == "nf4"),
         price_per_gpu_hour=sweep.price_per_gpu_hour,
         config=redact_all(OmegaConf.to_container(OmegaConf.structured(cfg))),
@@ -399,6 +399,7 @@ def _finish(cfg, study, sweep_dir, storage_url, space, eval_set_hash, n_trials, 
     _write_sweep_json(cfg, sweep_dir, storage_url, space, eval_set_hash, n_trials, started_at=_now(),
                       finished_at=_now(), wall_time_s=wall, **identities)
     _write_trials_table(records, sweep_dir)
+    verdicts = _judge_on_reporting_split(cfg, sweep_dir, records)
     failures = [f"trial {r.number}: {r.fail_reason}" for r in records if r.state == "FAIL"]
     summary = SweepSummary(
         name=cfg.sweep.name, sweep_dir=sweep_dir,
@@ -413,9 +414,29 @@ def _finish(cfg, study, sweep_dir, storage_url, space, eval_set_hash, n_trials, 
     for failure in failures:
         print(f"  FAILED {failure}")
     if best:
-        print(f"best: trial {best.number} {json.dumps(best.params)} held-out {best.score:.3f} -> {best.adapter}")
+        print(f"best: trial {best.number} {json.dumps(best.params)} selection split {best.score:.3f} -> {best.adapter}")
+    if verdicts:
+        for score in verdicts.scores:
+            print(f"  trial {score.number}: selection {score.selection.score:.3f}, reporting {score.reporting.score:.3f} "
+                  f"[{score.reporting.ci_low:.3f}, {score.reporting.ci_high:.3f}] (optimism gap "
+                  f"{score.optimism_gap:+.3f})")
+        for verdict in verdicts.verdicts:
+            print(f"  {verdict.question}: {verdict.state}")
+        print(f"recommended: trial {verdicts.recommended}")
     _write_report(sweep_dir)
     return summary
+
+
+def _judge_on_reporting_split(cfg, sweep_dir: Path, records: list[TrialRecord]):
+    """Score the chosen trials on the reporting split and write verdicts.json (harness.reporting)."""
+    from harness.reporting import judge_on_reporting_split
+
+    try:
+        return judge_on_reporting_split(sweep_dir, records, cfg.eval.equivalence_margin)
+    except Exception as err:  # the trials stand even if the reporting evaluation fails
+        log.exception("could not score the chosen trials on the reporting split")
+        print(f"reporting split: FAILED ({type(err).__name__}: {err}); no verdicts.json")
+        return None
 
 
 def best_trial(records: list[TrialRecord]) -> BestTrial | None:
