@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.config import EvalConfig
-from harness.data import Conversation, DataError, Message, as_messages, chat, read_jsonl, validate_messages
+from harness.data import Conversation, DataError, Message, as_messages, chat
 from harness.graders import aggregate, grade, grader_version
 from harness.model import fast_cpu_inference
 from harness.records import CanaryResult, ExampleResult, GradeResult, HeldoutResult
@@ -43,16 +43,12 @@ class HeldoutExample:
 
 
 def load_heldout(eval_cfg: EvalConfig) -> list[HeldoutExample]:
-    """The eval set's rows; an empty or malformed set is an error naming the file and line."""
-    examples = []
-    for where, row in read_jsonl(eval_cfg.data_file):
-        for key in ("messages", "reference"):
-            if key not in row:
-                raise DataError(f"{where}: missing field {key!r} (found keys: {sorted(row)})")
-        messages = validate_messages(row.get("messages"), where, need_assistant=False)
-        if messages[-1].role == "assistant":
-            raise DataError(f"{where}: the held-out prompt must end with a user turn, not the answer")
-        examples.append(HeldoutExample(messages, row.get("reference"), where))
+    """The eval set's rows (harness.eval_data: configurable fields, gold answers checked against the graders,
+    duplicates removed); an empty or malformed set is an error naming the file and line."""
+    from harness.eval_data import load_eval_rows
+
+    rows = load_eval_rows(eval_cfg)
+    examples = [HeldoutExample(row.messages, row.reference, row.source) for row in rows.examples]
     if eval_cfg.max_examples is not None:
         examples = examples[: eval_cfg.max_examples]
     if not examples:
