@@ -156,6 +156,13 @@ class LeakageConfig:
     template_fraction: float = 0.1
     max_overlap_fraction: float = 0.0  # refuse when more held-out examples than this fraction overlap
 
+    def __post_init__(self) -> None:
+        if self.ngram < 1:
+            raise ValueError(f"eval.leakage.ngram={self.ngram} must be >= 1 (words)")
+        for name in ("template_fraction", "max_overlap_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"eval.leakage.{name}={getattr(self, name)} must be in [0, 1]")
+
 
 @dataclass
 class EvalConfig:
@@ -358,6 +365,7 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     a typed config, and converting to dataclasses would drop them silently.
     """
     _refuse_unknown_keys(cfg, RunConfig, "")
+    _check_graders(cfg)
     run_config = OmegaConf.to_object(cfg)
     assert isinstance(run_config, RunConfig), type(run_config)
     run_config.validate()
@@ -380,3 +388,13 @@ def _refuse_unknown_keys(node, schema, prefix: str) -> None:
             for index, item in enumerate(value):
                 if isinstance(item, DictConfig):
                     _refuse_unknown_keys(item, OmegaConf.get_type(item), f"{dotted}[{index}].")
+
+
+def _check_graders(cfg: DictConfig) -> None:
+    """Grader errors name the dotted key (eval.graders[1].pattern), not the schema class (GraderConfig.pattern)."""
+    graders = OmegaConf.select(cfg, "eval.graders")
+    for index, grader in enumerate(graders or []):
+        try:
+            GraderConfig(**OmegaConf.to_container(grader, resolve=True))
+        except ValueError as err:
+            raise ValueError(str(err).replace("GraderConfig.", f"eval.graders[{index}].")) from None

@@ -17,7 +17,6 @@ from harness.config import LeakageConfig
 from harness.data import DataError
 from harness.records import LeakageReport
 
-
 SHORT_MIN_WORDS = 4  # shorter held-out prompts ("Hi", "Translate this") only count when equal to a training prompt
 
 

@@ -222,9 +222,13 @@ def precheck(argv: list[str]) -> None:
     try:
         cfg = compose_run_config([arg for arg in argv if not arg.startswith("hydra.")])
         check_model_source(cfg)
-        for arg in argv:
-            if arg.startswith(("hydra.run.dir=", "hydra.sweep.dir=")):
-                _check_writable_dir(arg.split("=", 1)[0], Path(arg.split("=", 1)[1]))
+        try:
+            check_target_modules(cfg)  # config.json on the meta device: an unknown name fails before any weight loads
+        except OSError:  # no config.json reachable (e.g. a hub id not cached offline): the run reports it cleanly
+            pass
+        run_dirs = [arg for arg in argv if arg.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+        for arg in run_dirs or ["hydra.run.dir=sweeps/runs"]:  # conf/config.yaml's default is under sweeps/runs/
+            _check_writable_dir(arg.split("=", 1)[0], Path(arg.split("=", 1)[1]))
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
