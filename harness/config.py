@@ -128,6 +128,11 @@ class GenerationConfig:
     max_new_tokens: int = 64
     batch_size: int = 16
 
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval.generation.{name}={getattr(self, name)} must be >= 1")
+
 
 @dataclass
 class RegressionBenchmark:
@@ -190,6 +195,8 @@ class EvalConfig:
             raise ValueError(f"eval.graders is empty for eval set {self.name!r}: name at least one grader")
         if not 0.0 <= self.min_score <= 1.0:
             raise ValueError(f"eval.min_score={self.min_score} must be in [0, 1]")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"eval.max_examples={self.max_examples} must be >= 1 (or null for all)")
 
 
 @dataclass

@@ -90,9 +90,14 @@ def read_jsonl(path: str | Path, warnings: list[DataWarning] | None = None) -> l
     lone surrogates, NUL and other control characters than tab, newline and carriage return are refused.
     """
     path = resolve_path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a JSONL file")
+    if not path.exists():
         raise DataError(f"{path}: file not found")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:  # unreadable: permissions, a FIFO, an I/O error
+        raise DataError(f"{path}: cannot read the file ({err.strerror or err})") from None
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(raw) > 1 and (raw[0] == 0 or raw[1] == 0)):
         raise DataError(f"{path}:1: the file is UTF-16 or UTF-32 encoded; JSONL must be UTF-8 (re-save it as UTF-8)")
     if raw.startswith(b"\xef\xbb\xbf"):
@@ -169,12 +174,24 @@ def validate_messages(messages, where: str, key: str = "messages", need_assistan
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
             raise DataError(f"{where}: {key}[{index}] has unknown role {role!r} (expected {ROLES})")
+        if isinstance(content, list):  # OpenAI content parts: text parts only, joined
+            content = _text_parts(content, f"{where}: {key}[{index}].content")
         if not isinstance(content, str):
             raise DataError(f"{where}: {key}[{index}].content must be a string")
         typed.append(Message(role, content))
     if need_assistant and not any(message.role == "assistant" for message in typed):
         raise DataError(f"{where}: '{key}' has no assistant message, so nothing would be learned")
     return typed
+
+
+def _text_parts(parts: list, where: str) -> str:
+    texts = []
+    for part in parts:
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise DataError(f"{where}: only text content parts ({{\"type\": \"text\", \"text\": ...}}) can be "
+                            "trained on")
+        texts.append(part.get("text"))
+    return "".join(texts)
 
 
 def load_sft_data(data: DataConfig) -> SFTData:

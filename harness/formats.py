@@ -92,6 +92,7 @@ def _sharegpt_messages(row: dict, where: str) -> list[Message]:
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise DataError(f"{where}: conversations[{index}] must be an object with 'from' and 'value'")
         speaker, value = turn.get("from"), turn.get("value")
+        speaker = speaker.lower() if isinstance(speaker, str) else speaker  # "Human", "GPT" in some exports
         if speaker not in SHAREGPT_ROLES:
             raise DataError(f"{where}: conversations[{index}].from is {speaker!r}; expected one of "
                             f"{', '.join(SHAREGPT_ROLES)}")

@@ -116,7 +116,7 @@ def prepare_inputs(cfg: RunConfig, show_card: bool = True) -> PreparedInputs:
     train_prompts += [(p.source, _prompt_text(p.prompt_messages)) for p in (preference.pairs if preference else [])]
     heldout_prompts = [(e.source, _prompt_text(e.messages)) for e in heldout]
     leakage = check_leakage(train_prompts, heldout_prompts, cfg.eval.leakage)
-    card = validate.data_card(cfg, sft, sft_examples, preference, leakage, sample)
+    card = validate.data_card(cfg, sft, sft_examples, preference, leakage, sample, tokenizer)
     if show_card:
         print(validate.format_data_card(card), flush=True)
     return PreparedInputs(eval_set_hash, heldout, sft, sft_examples, leakage, sample, tokenizer, preference, card)

@@ -123,7 +123,7 @@ def settings_warnings(cfg: RunConfig) -> list[DataWarning]:
 
 
 def data_card(cfg: RunConfig, sft: SFTData | None, sft_examples: list[TokenizedExample],
-              preference: PreferenceData | None, leakage: LeakageReport, sample: str) -> DataCard:
+              preference: PreferenceData | None, leakage: LeakageReport, sample: str, tokenizer=None) -> DataCard:
     """The data card of a run: what was read, kept, removed or cut, and every warning with its file:line."""
     from harness.eval_data import load_eval_rows
 
@@ -139,6 +139,8 @@ def data_card(cfg: RunConfig, sft: SFTData | None, sft_examples: list[TokenizedE
         if example.truncated:
             warnings.append(DataWarning(example.source, f"truncated to train.sft.max_length={max_length} tokens"))
     warnings += preference.warnings if preference else []
+    if preference and tokenizer is not None and "dpo" in cfg.train.stages:
+        warnings += _preference_length_warnings(tokenizer, preference, cfg.train.dpo.max_length)
     warnings += eval_rows.warnings
     return DataCard(
         sft_file=sft.path if sft else None,
@@ -160,6 +162,25 @@ def data_card(cfg: RunConfig, sft: SFTData | None, sft_examples: list[TokenizedE
         eval_duplicates_removed=eval_rows.duplicates_removed,
         warnings=warnings,
     )
+
+
+def _preference_length_warnings(tokenizer, preference: PreferenceData, max_length: int) -> list[DataWarning]:
+    """Pairs trl will cut at train.dpo.max_length (it truncates silently)."""
+    from harness.data import render_chat
+
+    warnings = []
+    for pair in preference.pairs:
+        for name, conversation in zip(("chosen", "rejected"), pair.conversations()):
+            if pair.conversational:
+                text = render_chat(tokenizer, conversation.messages, pair.source)
+            else:
+                text = "".join(m.content for m in conversation.messages)
+            length = len(tokenizer(text, add_special_tokens=False).input_ids)
+            if length > max_length:
+                warnings.append(DataWarning(pair.source, f"prompt + {name} is {length} tokens, truncated to "
+                                                         f"train.dpo.max_length={max_length}"))
+                break
+    return warnings
 
 
 def format_data_card(card: DataCard) -> str:
@@ -196,6 +217,9 @@ def check_inputs(cfg: RunConfig, with_model: bool = False) -> DataCard:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["--help"], ["-h"]):
+        print(__doc__.split("\n\n")[1])
+        return 0
     with_model = "--with-model" in argv
     overrides = [arg for arg in argv if arg != "--with-model"]
     flags = [arg for arg in overrides if arg.startswith("-")]

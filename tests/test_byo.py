@@ -389,6 +389,9 @@ def test_validate_bad_gold_exits_2_naming_the_line(tmp_path, frozen_eval):
     (["validate", "model=hf", "model.name_or_path=/no/such/model"], "model.name_or_path='/no/such/model': no such"),
     (["validate", "model=tiny", "--with-model", "lora.target_modules=[q_proj,qkv]"], "['qkv'] not in the model"),
     (["lora.r=["], "cannot parse override"),
+    (["model=hf", "model.name_or_path=/no/such/model"], "no such directory"),
+    (["eval.max_examples=-1"], "eval.max_examples=-1"),
+    (["eval.generation.batch_size=0"], "eval.generation.batch_size=0"),
     (["train.sft.epochs=0"], "train.sft.epochs=0"),
     (["hydra.run.dir=RUNFILE/sub"], "is a file, so the directory cannot be created"),
 ])
@@ -402,3 +405,37 @@ def test_config_errors_are_one_clean_line_and_no_run_dir(tmp_path, args, fragmen
 def test_replace_keeps_eval_config_fields():
     cfg = replace(EvalConfig(), prompt_field="q")
     assert cfg.prompt_field == "q" and cfg.reference_field == "reference"
+
+
+def test_openai_text_parts_and_capitalised_sharegpt_speakers_are_accepted(tmp_path):
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+                          ASSISTANT]}
+    assert _sft(_jsonl(tmp_path, [parts])).conversations[0].messages[0].content == "Hi there"
+    image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}, ASSISTANT]}
+    with pytest.raises(DataError, match=r":1: messages\[0\]\.content: only text content parts"):
+        _sft(_jsonl(tmp_path, [image]))
+    sharegpt = {"conversations": [{"from": "Human", "value": "a"}, {"from": "GPT", "value": "b"}]}
+    assert [m.role for m in _sft(_jsonl(tmp_path, [sharegpt])).conversations[0].messages] == ["user", "assistant"]
+
+
+def test_a_directory_or_unreadable_path_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="is a directory, not a JSONL file"):
+        read_jsonl(tmp_path)
+    fifo = tmp_path / "link"
+    fifo.symlink_to(tmp_path / "loop")
+    (tmp_path / "loop").symlink_to(fifo)
+    with pytest.raises(DataError, match="cannot read the file|file not found"):
+        read_jsonl(fifo)
+
+
+def test_preference_pairs_over_max_length_are_warned(tmp_path, capsys):
+    from harness.run import prepare_inputs
+
+    rows = [{"prompt": "Q?", "chosen": "good", "rejected": "bad"},
+            {"prompt": "long " * 100, "chosen": "good", "rejected": "bad"}]
+    path = _jsonl(tmp_path, rows, "prefs.jsonl")
+    card = prepare_inputs(make_config(["model=tiny", "train=dpo", f"data.preference_file={path}",
+                                       "train.dpo.max_length=32"])).card
+    assert [(w.source, w.message.endswith("truncated to train.dpo.max_length=32")) for w in card.warnings] == [
+        (f"{path}:2", True)]
+    assert f"warning: {path}:2: prompt + chosen is" in capsys.readouterr().out
