@@ -73,6 +73,12 @@ def check_model_source(cfg: RunConfig) -> None:
     if looks_local and not path.is_dir():
         raise ValueError(f"model.name_or_path={name!r}: no such directory (a local model is a directory with "
                          "config.json and *.safetensors; a hub id looks like org/name)")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model.name_or_path={name!r}: the directory has no config.json")
+        if not any(path.glob("*.safetensors")):
+            raise ValueError(f"model.name_or_path={name!r}: no *.safetensors weights in the directory (weights load "
+                             "from safetensors only; convert .bin/.pt checkpoints first)")
 
 
 def load_tokenizer_checked(cfg: RunConfig):
