@@ -439,3 +439,17 @@ def test_preference_pairs_over_max_length_are_warned(tmp_path, capsys):
     assert [(w.source, w.message.endswith("truncated to train.dpo.max_length=32")) for w in card.warnings] == [
         (f"{path}:2", True)]
     assert f"warning: {path}:2: prompt + chosen is" in capsys.readouterr().out
+
+
+def test_local_model_directory_must_hold_config_and_safetensors(tmp_path):
+    from harness.validate import check_model_source
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    cfg = make_config(["model=hf", f"model.name_or_path={model_dir}"])
+    with pytest.raises(ValueError, match="has no config.json"):
+        check_model_source(cfg)
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"no \*\.safetensors weights"):
+        check_model_source(cfg)
