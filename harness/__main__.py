@@ -107,4 +107,9 @@ def exit_on_untested_libraries() -> None:
 
 if __name__ == "__main__":
     exit_on_untested_libraries()
+    from harness import validate
+
+    if sys.argv[1:2] == ["validate"]:  # python -m harness validate <overrides>: checks only, nothing written
+        sys.exit(validate.main(sys.argv[2:]))
+    validate.precheck(sys.argv[1:])  # config and run-dir errors as one `error:` line, before Hydra starts
     main()

@@ -9,11 +9,13 @@ point; nothing below it indexes DictConfigs.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from harness.graders import GraderConfig
 
@@ -43,6 +45,11 @@ class ModelConfig:
             raise ValueError(f"model.kind={self.kind!r}: expected one of smollm2, hf, tiny")
         if self.kind == "hf" and not self.name_or_path:
             raise ValueError("model.name_or_path is required for model.kind=hf")
+        # Only kind=hf loads name_or_path; for the built-in kinds it is a display name, so another value is a
+        # user expecting their model to load (model.name_or_path=... without model=hf).
+        if self.kind != "hf" and self.name_or_path not in ("SmolLM2-135M-Instruct", "tiny-llama-2l"):
+            raise ValueError(f"model.name_or_path={self.name_or_path!r} is only loaded with model=hf "
+                             f"(model.kind is {self.kind!r}): add model=hf to load it")
 
 
 @dataclass
@@ -68,10 +75,19 @@ class LoraConfig:
     r: int = 16
     alpha: float = 32.0  # conventionally 2 x r; the update is scaled by alpha / r
     dropout: float = 0.05
-    # module names to adapt; ["all-linear"] adapts every linear layer except the output head
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # module names to adapt; ["all-linear"] (or the plain string all-linear) adapts every linear layer except
+    # the output head. Typed Any so that `lora.target_modules=all-linear` (a string) is accepted: it becomes a list.
+    target_modules: Any = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
     def __post_init__(self) -> None:
+        if isinstance(self.target_modules, str):
+            self.target_modules = [name.strip() for name in self.target_modules.split(",") if name.strip()]
+        if not isinstance(self.target_modules, (list, tuple)) or not all(
+                isinstance(name, str) for name in self.target_modules):
+            raise ValueError(f"lora.target_modules={self.target_modules!r} must be a list of module names")
+        self.target_modules = list(self.target_modules)
+        if not all(math.isfinite(value) for value in (self.r, self.alpha, self.dropout)):
+            raise ValueError("lora.r, lora.alpha and lora.dropout must be finite numbers")
         if self.r <= 0:
             raise ValueError(f"lora.r={self.r} must be > 0")
         if self.alpha <= 0:
@@ -91,7 +107,18 @@ class DataConfig:
     preference_file: Optional[str] = None  # rows of {"prompt", "chosen", "rejected"}
     max_sft_examples: Optional[int] = None  # use only the first N rows (None = all)
     max_preference_examples: Optional[int] = None
-    dedupe: bool = True  # drop exact duplicate rows (counted in the results)
+    dedupe: bool = True  # drop exact duplicate rows (each reported as a warning naming the kept copy)
+    # auto (detected from the first row's keys and printed), messages, sharegpt, alpaca, prompt_completion
+    format: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.format not in ("auto", "messages", "sharegpt", "alpaca", "prompt_completion"):
+            raise ValueError(f"data.format={self.format!r}: expected auto, messages, sharegpt, alpaca or "
+                             "prompt_completion")
+        for name in ("max_sft_examples", "max_preference_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"data.{name}={value} must be >= 1 (or null for all rows)")
 
 
 @dataclass
@@ -100,6 +127,11 @@ class GenerationConfig:
 
     max_new_tokens: int = 64
     batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval.generation.{name}={getattr(self, name)} must be >= 1")
 
 
 @dataclass
@@ -129,6 +161,13 @@ class LeakageConfig:
     template_fraction: float = 0.1
     max_overlap_fraction: float = 0.0  # refuse when more held-out examples than this fraction overlap
 
+    def __post_init__(self) -> None:
+        if self.ngram < 1:
+            raise ValueError(f"eval.leakage.ngram={self.ngram} must be >= 1 (words)")
+        for name in ("template_fraction", "max_overlap_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"eval.leakage.{name}={getattr(self, name)} must be in [0, 1]")
+
 
 EVAL_SPLITS = ("selection", "reporting")
 
@@ -156,6 +195,10 @@ class EvalConfig:
     leakage: LeakageConfig = field(default_factory=LeakageConfig)
     regression: list[RegressionBenchmark] = field(default_factory=list)
     regression_batch_size: int = 8  # lm-eval batch size; some tasks' scores depend on it, so it is recorded
+    # Field names of an eval row: the prompt (a string = one user turn, or a message list) and the gold answer.
+    # A row without reference_field may be in any SFT format (harness.formats); its last assistant turn is the gold.
+    prompt_field: str = "messages"
+    reference_field: str = "reference"
 
     def __post_init__(self) -> None:
         if not self.graders:
@@ -164,6 +207,8 @@ class EvalConfig:
             raise ValueError(f"eval.min_score={self.min_score} must be in [0, 1]")
         if self.split not in EVAL_SPLITS:
             raise ValueError(f"eval.split={self.split!r}: expected one of {', '.join(EVAL_SPLITS)}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"eval.max_examples={self.max_examples} must be >= 1 (or null for all)")
 
 
 @dataclass
@@ -180,6 +225,26 @@ class SFTStageConfig:
     max_length: int = 256  # tokens; longer examples are truncated, examples left without loss are dropped
     weight_decay: float = 0.0
     logging_steps: int = 1
+
+    def __post_init__(self) -> None:
+        check_stage_numbers(self, "train.sft")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"train.sft.weight_decay={self.weight_decay} must be a finite number >= 0")
+
+
+def check_stage_numbers(stage, prefix: str) -> None:
+    """Range and finiteness rules shared by the SFT and DPO stages; errors name the dotted key."""
+    if not (math.isfinite(stage.learning_rate) and stage.learning_rate > 0):
+        raise ValueError(f"{prefix}.learning_rate={stage.learning_rate} must be a finite number > 0")
+    if not (math.isfinite(stage.epochs) and stage.epochs > 0):
+        raise ValueError(f"{prefix}.epochs={stage.epochs} must be a finite number > 0")
+    if stage.max_steps < 0:
+        raise ValueError(f"{prefix}.max_steps={stage.max_steps} must be >= 0 (0: train for {prefix}.epochs)")
+    for name in ("batch_size", "grad_accum", "max_length", "logging_steps"):
+        if getattr(stage, name) < 1:
+            raise ValueError(f"{prefix}.{name}={getattr(stage, name)} must be >= 1")
+    if not (math.isfinite(stage.warmup_ratio) and 0.0 <= stage.warmup_ratio < 1.0):
+        raise ValueError(f"{prefix}.warmup_ratio={stage.warmup_ratio} must be in [0, 1)")
 
 
 # The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); sigmoid is the DPO paper's loss.
@@ -209,14 +274,15 @@ class DPOStageConfig:
     logging_steps: int = 1
 
     def __post_init__(self) -> None:
-        if self.beta <= 0:
+        check_stage_numbers(self, "train.dpo")
+        if not (math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"train.dpo.beta={self.beta} must be > 0")
         # trl only rejects an unknown loss at the first training step, after the reference pass
         if self.loss_type not in DPO_LOSS_TYPES:
             raise ValueError(f"train.dpo.loss_type={self.loss_type!r}: expected one of {', '.join(DPO_LOSS_TYPES)}")
         if self.loss_type == "exo_pair" and self.label_smoothing <= 0:
             raise ValueError("train.dpo.loss_type=exo_pair needs train.dpo.label_smoothing > 0 (e.g. 1e-3)")
-        if not 0.0 <= self.label_smoothing < 0.5:
+        if not (math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 0.5):
             raise ValueError(f"train.dpo.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
 
 
@@ -360,8 +426,42 @@ def register_configs() -> None:
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
-    """Hydra's composed DictConfig -> RunConfig dataclasses (runs every __post_init__), then validate."""
+    """Hydra's composed DictConfig -> RunConfig dataclasses (runs every __post_init__), then validate.
+
+    Keys the schema does not know are refused naming the dotted key: Hydra's `+key=` / `++key=` add keys even to
+    a typed config, and converting to dataclasses would drop them silently.
+    """
+    _refuse_unknown_keys(cfg, RunConfig, "")
+    _check_graders(cfg)
     run_config = OmegaConf.to_object(cfg)
     assert isinstance(run_config, RunConfig), type(run_config)
     run_config.validate()
     return run_config
+
+
+def _refuse_unknown_keys(node, schema, prefix: str) -> None:
+    if not isinstance(node, DictConfig) or not dataclasses.is_dataclass(schema):
+        return
+    fields_by_name = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node:
+        dotted = f"{prefix}{key}"
+        if key not in fields_by_name:
+            raise ValueError(f"{dotted}: unknown key (not in {schema.__name__}; check the spelling, "
+                             f"known keys: {', '.join(fields_by_name)})")
+        value = node._get_node(key)
+        if isinstance(value, DictConfig) and not value._is_none():
+            _refuse_unknown_keys(value, OmegaConf.get_type(value), f"{dotted}.")
+        elif isinstance(value, ListConfig) and not value._is_none():
+            for index, item in enumerate(value):
+                if isinstance(item, DictConfig):
+                    _refuse_unknown_keys(item, OmegaConf.get_type(item), f"{dotted}[{index}].")
+
+
+def _check_graders(cfg: DictConfig) -> None:
+    """Grader errors name the dotted key (eval.graders[1].pattern), not the schema class (GraderConfig.pattern)."""
+    graders = OmegaConf.select(cfg, "eval.graders")
+    for index, grader in enumerate(graders or []):
+        try:
+            GraderConfig(**OmegaConf.to_container(grader, resolve=True))
+        except ValueError as err:
+            raise ValueError(str(err).replace("GraderConfig.", f"eval.graders[{index}].")) from None

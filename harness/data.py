@@ -11,12 +11,14 @@ loss-carrying tokens marked) before any training step, and tested.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 
 from harness.artifacts import resolve_path
 from harness.config import DataConfig
+from harness.records import DataWarning
 
 ROLES = ("system", "user", "assistant")
 
@@ -68,6 +70,8 @@ class SFTData:
     path: str
     rows_read: int
     duplicates_removed: int
+    format: str = "messages"
+    warnings: list[DataWarning] = field(default_factory=list)
 
 
 @dataclass
@@ -78,27 +82,85 @@ class TokenizedExample:
     truncated: bool = field(default=False)
 
 
-def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
-    """Rows of a JSONL file as (file:line, object). Blank lines are skipped; anything else must parse."""
+def read_jsonl(path: str | Path, warnings: list[DataWarning] | None = None) -> list[tuple[str, dict]]:
+    """Rows of a JSONL file as (file:line, object); line numbers are physical lines (split at \\n only).
+
+    Blank lines are skipped; anything else must be one JSON object. Policies: a UTF-8 byte-order mark is accepted;
+    UTF-16/UTF-32 and invalid UTF-8 are refused naming the line; a key given twice in one object, NaN/Infinity,
+    lone surrogates, NUL and other control characters than tab, newline and carriage return are refused.
+    """
     path = resolve_path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a JSONL file")
+    if not path.exists():
         raise DataError(f"{path}: file not found")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:  # unreadable: permissions, a FIFO, an I/O error
+        raise DataError(f"{path}: cannot read the file ({err.strerror or err})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(raw) > 1 and (raw[0] == 0 or raw[1] == 0)):
+        raise DataError(f"{path}:1: the file is UTF-16 or UTF-32 encoded; JSONL must be UTF-8 (re-save it as UTF-8)")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            rows.append((where, row))
+    for line_no, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        where = f"{path}:{line_no}"
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{where}: invalid UTF-8 (byte 0x{line_bytes[err.start]:02x} at byte {err.start + 1} "
+                            "of the line); JSONL must be UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        except _RowError as err:
+            raise DataError(f"{where}: {err}") from None
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        _check_text(row, where)
+        rows.append((where, row))
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
+
+
+class _RowError(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _RowError(f"key {key!r} appears twice in one object (JSON would silently keep the last)")
+    return dict(pairs)
+
+
+def _no_constant(name: str):
+    raise _RowError(f"{name} is not valid JSON")
+
+
+_BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _check_text(value, where: str, field: str = "") -> None:
+    """Refuse NUL, control characters (other than \\t \\n \\r) and lone surrogates anywhere in a row."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where, field)
+            _check_text(item, where, f"{field}.{key}" if field else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_text(item, where, f"{field}[{index}]")
+    elif isinstance(value, str) and (bad := _BAD_CHARS.search(value)):
+        char = bad.group(0)
+        kind = ("a NUL character" if char == "\x00" else "a lone surrogate" if "\ud800" <= char <= "\udfff"
+                else "a control character")
+        raise DataError(f"{where}: {field or 'a key'} contains {kind} (U+{ord(char):04X}) at character "
+                        f"{bad.start() + 1}; remove it (only tab, newline and carriage return are allowed)")
 
 
 def validate_messages(messages, where: str, key: str = "messages", need_assistant: bool = True) -> list[Message]:
@@ -112,6 +174,8 @@ def validate_messages(messages, where: str, key: str = "messages", need_assistan
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
             raise DataError(f"{where}: {key}[{index}] has unknown role {role!r} (expected {ROLES})")
+        if isinstance(content, list):  # OpenAI content parts: text parts only, joined
+            content = _text_parts(content, f"{where}: {key}[{index}].content")
         if not isinstance(content, str):
             raise DataError(f"{where}: {key}[{index}].content must be a string")
         typed.append(Message(role, content))
@@ -120,22 +184,60 @@ def validate_messages(messages, where: str, key: str = "messages", need_assistan
     return typed
 
 
+def _text_parts(parts: list, where: str) -> str:
+    texts = []
+    for part in parts:
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise DataError(f"{where}: only text content parts ({{\"type\": \"text\", \"text\": ...}}) can be "
+                            "trained on")
+        texts.append(part.get("text"))
+    return "".join(texts)
+
+
 def load_sft_data(data: DataConfig) -> SFTData:
+    """SFT rows in any supported format (harness.formats), checked and deduplicated.
+
+    Every row must carry a training signal: it ends with a non-empty assistant turn. Exact duplicates (same
+    messages after conversion) are removed when data.dedupe is on, each with a warning naming the kept copy.
+    """
+    from harness import formats
+
+    warnings: list[DataWarning] = []
     rows = read_jsonl(data.sft_file)
-    conversations, seen, duplicates = [], set(), 0
+    fmt = formats.detect_format(rows[0][0], rows[0][1], data.format)
+    conversations, seen, duplicates, ignored = [], {}, 0, {}
     for where, row in rows:
-        if "messages" not in row:
-            raise DataError(f"{where}: missing field 'messages' (found keys: {sorted(row)})")
-        messages = validate_messages(row.get("messages"), where)
+        messages = formats.row_messages(row, where, fmt)
+        check_training_signal(messages, where)
+        for key in formats.ignored_keys(row, fmt):
+            ignored.setdefault(key, where)
         key = json.dumps(chat(messages), sort_keys=True)
         if data.dedupe and key in seen:
             duplicates += 1
+            warnings.append(DataWarning(where, f"duplicate of {seen[key]}, removed (data.dedupe=true)"))
             continue
-        seen.add(key)
+        seen[key] = where
         conversations.append(Conversation(messages, where))
+    for key, where in ignored.items():
+        warnings.append(DataWarning(where, f"field {key!r} is not part of data.format={fmt} and is ignored"))
     if data.max_sft_examples is not None:
         conversations = conversations[: data.max_sft_examples]
-    return SFTData(conversations, str(data.sft_file), len(rows), duplicates)
+    return SFTData(conversations, str(data.sft_file), len(rows), duplicates, fmt, warnings)
+
+
+def check_training_signal(messages: list[Message], where: str) -> None:
+    """A training row must end with the answer to learn: a non-empty assistant turn, after a user turn."""
+    if not any(m.role == "assistant" for m in messages):
+        raise DataError(f"{where}: the conversation has no assistant message, so nothing would be learned")
+    if messages[-1].role != "assistant":
+        raise DataError(f"{where}: the conversation ends with a {messages[-1].role} turn; it must end with the "
+                        "assistant reply to learn (remove the trailing turn)")
+    for index, message in enumerate(messages):
+        if message.role == "assistant" and not message.content.strip():
+            raise DataError(f"{where}: assistant turn {index} is empty or whitespace only, so there is nothing "
+                            "to learn from it")
+    if not any(m.role == "user" for m in messages):
+        raise DataError(f"{where}: the conversation has no user turn for the assistant to answer")
 
 
 def check_chat_template(tokenizer, conversations: list[Conversation]) -> None:
@@ -159,20 +261,25 @@ def check_chat_template(tokenizer, conversations: list[Conversation]) -> None:
 
 
 def tokenize_sft(tokenizer, conversations: list[Conversation], max_length: int) -> list[TokenizedExample]:
-    """Render each conversation with the model's chat template; mask = tokens of the assistant turns."""
+    """Render each conversation with the model's chat template; mask = tokens of the assistant turns.
+
+    Policy: a row longer than train.sft.max_length is truncated at the end; a row left without any assistant
+    token is dropped. Both are reported by harness.datacard (warnings naming file:line).
+    """
     examples = []
     for conversation in conversations:
         example = tokenize_conversation(tokenizer, conversation.messages, max_length, conversation.source)
         if any(example.assistant_masks):
             examples.append(example)
     if not examples:
-        raise DataError("no training example has an assistant token left after truncation; raise max_length")
+        raise DataError(f"no training example has an assistant token left within train.sft.max_length={max_length} "
+                        "tokens; raise train.sft.max_length")
     return examples
 
 
 def tokenize_conversation(tokenizer, messages: list[Message], max_length: int, source: str = "") -> TokenizedExample:
     messages = as_messages(messages)
-    text = tokenizer.apply_chat_template(chat(messages), tokenize=False)
+    text = render_chat(tokenizer, messages, source)
     spans = _assistant_spans(tokenizer, messages, text, source)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = [
@@ -184,14 +291,23 @@ def tokenize_conversation(tokenizer, messages: list[Message], max_length: int, s
     return TokenizedExample(input_ids[:max_length], mask[:max_length], source, truncated)
 
 
+def render_chat(tokenizer, messages: list[Message], source: str, add_generation_prompt: bool = False) -> str:
+    """The chat template's text; a template that rejects the row (e.g. roles out of order) is a DataError."""
+    try:
+        return tokenizer.apply_chat_template(chat(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as err:  # noqa: BLE001 -- jinja2's TemplateError, raise_exception(), or the template's own TypeError
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{source}: the model's chat template rejects this conversation: {message}") from None
+
+
 def _assistant_spans(tokenizer, messages: list[Message], text: str, source: str) -> list[tuple[int, int]]:
     """Character spans of each assistant turn, found by rendering the conversation prefix by prefix."""
     spans = []
     for index, message in enumerate(messages):
         if message.role != "assistant":
             continue
-        before = tokenizer.apply_chat_template(chat(messages[:index]), tokenize=False, add_generation_prompt=True)
-        through = tokenizer.apply_chat_template(chat(messages[: index + 1]), tokenize=False)
+        before = render_chat(tokenizer, messages[:index], source, add_generation_prompt=True)
+        through = render_chat(tokenizer, messages[: index + 1], source)
         if not (text.startswith(before) and text.startswith(through) and through.startswith(before)):
             raise DataError(
                 f"{source}: the chat template does not render conversations prefix by prefix, so the assistant "
@@ -264,6 +380,7 @@ class PreferenceData:
     path: str
     rows_read: int
     duplicates_removed: int
+    warnings: list[DataWarning] = field(default_factory=list)
 
     def conversations(self) -> list[Conversation]:
         return [conversation for pair in self.pairs for conversation in pair.conversations()]
@@ -272,11 +389,13 @@ class PreferenceData:
 def load_preference_data(data: DataConfig) -> PreferenceData:
     if not data.preference_file:
         raise DataError("data.preference_file is not set: DPO needs rows of {prompt, chosen, rejected}")
+    from harness.formats import implicit_prompt
+
     rows = read_jsonl(data.preference_file)
-    pairs, seen, duplicates = [], set(), 0
+    pairs, seen, duplicates, warnings = [], {}, 0, []
     first: PreferencePair | None = None
     for where, row in rows:
-        pair = _preference_pair(row, where)
+        pair = _preference_pair(implicit_prompt(row, where), where)
         if first is None:
             first = pair
         elif pair.conversational != first.conversational:
@@ -288,12 +407,13 @@ def load_preference_data(data: DataConfig) -> PreferenceData:
         key = json.dumps(pair.as_trl_row(), sort_keys=True)
         if data.dedupe and key in seen:
             duplicates += 1
+            warnings.append(DataWarning(where, f"duplicate of {seen[key]}, removed (data.dedupe=true)"))
             continue
-        seen.add(key)
+        seen[key] = where
         pairs.append(pair)
     if data.max_preference_examples is not None:
         pairs = pairs[: data.max_preference_examples]
-    return PreferenceData(pairs, str(data.preference_file), len(rows), duplicates)
+    return PreferenceData(pairs, str(data.preference_file), len(rows), duplicates, warnings)
 
 
 def _preference_pair(row: dict, where: str) -> PreferencePair:

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.config import EVAL_SPLITS, EvalConfig
-from harness.data import Conversation, DataError, Message, as_messages, chat, read_jsonl, validate_messages
+from harness.data import Conversation, DataError, Message, as_messages, chat
 from harness.faults import kill_point
 from harness.graders import aggregate, grade, grader_version
 from harness.model import fast_cpu_inference
@@ -44,19 +44,16 @@ class HeldoutExample:
 
 
 def load_eval_splits(eval_cfg: EvalConfig) -> dict[str, list[HeldoutExample]]:
-    """Every row of the eval set, by split; a malformed row or a split with no rows is an error naming the file."""
+    """Every row of the eval set, by split (harness.eval_data: configurable fields, gold answers checked against
+    the graders, duplicates removed); a malformed row or a split with no rows is an error naming the file."""
+    from harness.eval_data import load_eval_rows
+
     splits: dict[str, list[HeldoutExample]] = {name: [] for name in EVAL_SPLITS}
-    for where, row in read_jsonl(eval_cfg.data_file):
-        for key in ("messages", "reference", "split"):
-            if key not in row:
-                raise DataError(f"{where}: missing field {key!r} (found keys: {sorted(row)})")
-        split = row.get("split")
-        if split not in splits:
-            raise DataError(f"{where}: split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
-        messages = validate_messages(row.get("messages"), where, need_assistant=False)
-        if messages[-1].role == "assistant":
-            raise DataError(f"{where}: the held-out prompt must end with a user turn, not the answer")
-        splits[split].append(HeldoutExample(messages, row.get("reference"), where))
+    for row in load_eval_rows(eval_cfg).examples:
+        if row.split not in splits:
+            raise DataError(f"{row.source}: split {row.split!r}: expected one of {', '.join(EVAL_SPLITS)} (each row "
+                            'needs "split": "selection" or "reporting"; selection picks, reporting judges)')
+        splits[row.split].append(HeldoutExample(row.messages, row.reference, row.source))
     for name, examples in splits.items():
         if not examples:
             raise DataError(f"{eval_cfg.data_file}: the eval set has no {name} rows (each row needs "

@@ -17,6 +17,8 @@ from harness.config import LeakageConfig
 from harness.data import DataError
 from harness.records import LeakageReport
 
+SHORT_MIN_WORDS = 4  # shorter held-out prompts ("Hi", "Translate this") only count when equal to a training prompt
+
 
 class LeakageError(DataError):
     """Too many held-out prompts overlap with training prompts."""
@@ -44,6 +46,14 @@ def _strip_prefix(words: list[str], prefix: list[str]) -> list[str]:
     return words[len(prefix) :] if prefix and words[: len(prefix)] == prefix else words
 
 
+def _contained(needle: str, joined: str, train_sources: list[str]) -> str | None:
+    """The first training prompt containing `needle` (space-delimited words), found with one search."""
+    at = joined.find(needle)
+    if at < 0:
+        return None
+    return train_sources[joined.count("\n", 0, at)]
+
+
 def check_leakage(
     train_prompts: list[tuple[str, str]], heldout_prompts: list[tuple[str, str]], cfg: LeakageConfig
 ) -> LeakageReport:
@@ -53,20 +63,30 @@ def check_leakage(
     heldout_words = [_strip_prefix(words, prefix) for words in heldout_words]
     heldout_grams = [_ngrams(words, cfg.ngram) for words in heldout_words]
     frequency = Counter(gram for grams in heldout_grams for gram in grams)
-    template = {gram for gram, count in frequency.items() if count > cfg.template_fraction * len(heldout_prompts)}
+    # A gram in a single held-out prompt is never the template, however small the eval set is.
+    template = {gram for gram, count in frequency.items()
+                if count >= 2 and count > cfg.template_fraction * len(heldout_prompts)}
 
     train_exact: dict[str, str] = {}
     train_gram_source: dict[tuple[str, ...], str] = {}
+    train_texts, train_sources = [], []
     for source, text in train_prompts:
-        norm = " ".join(_strip_prefix(normalise(text).split(), prefix))
+        full = normalise(text)
+        norm = " ".join(_strip_prefix(full.split(), prefix))
         train_exact.setdefault(norm, source)
+        train_exact.setdefault(full, source)
+        train_texts.append(f" {full} ")
+        train_sources.append(source)
         for gram in _ngrams(norm.split(), cfg.ngram) - template:
             train_gram_source.setdefault(gram, source)
 
+    joined = "\n".join(train_texts)
     exact, ngram, examples = 0, 0, []
     for (source, text), words, grams in zip(heldout_prompts, heldout_words, heldout_grams):
-        match = train_exact.get(" ".join(words))
+        match = train_exact.get(" ".join(words)) or train_exact.get(normalise(text))
         kind = "exact"
+        if match is None and SHORT_MIN_WORDS <= len(normalise(text).split()) < cfg.ngram:
+            match, kind = _contained(f" {normalise(text)} ", joined, train_sources), "whole prompt"
         if match is None:
             shared = next((gram for gram in grams - template if gram in train_gram_source), None)
             match, kind = (train_gram_source[shared], f"{cfg.ngram}-gram") if shared else (None, "")

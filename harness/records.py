@@ -223,6 +223,14 @@ class LeakageReport:
 
 
 @dataclass
+class DataWarning:
+    """A change the harness made to the user's data (or something it ignored), shown on the console and kept."""
+
+    source: str  # file:line of the row concerned (or the file)
+    message: str
+
+
+@dataclass
 class DataCard:
     """What training data went in: files, rows read and kept, and the checks' findings."""
 
@@ -237,6 +245,13 @@ class DataCard:
     preference_rows: int | None = None
     preference_pairs: int | None = None
     preference_duplicates_removed: int | None = None
+    sft_format: str | None = None  # the detected (or configured) data.format
+    sft_dropped_for_length: int = 0  # rows left without an assistant token within train.sft.max_length
+    eval_file: str | None = None
+    eval_rows: int = 0
+    eval_examples: int = 0
+    eval_duplicates_removed: int = 0
+    warnings: list[DataWarning] = field(default_factory=list)
 
 
 @dataclass

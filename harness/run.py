@@ -57,7 +57,6 @@ from harness.model import (
     adapter_hash,
     attach_lora,
     load_base_model,
-    load_tokenizer,
     resolve_device,
 )
 from harness.records import (
@@ -79,7 +78,9 @@ from harness.records import (
     to_json,
     write_record,
 )
+from harness import validate
 from harness.sft import train_sft
+from harness.validate import load_tokenizer_checked
 from harness.trainer import StageResult, peak_memory_mb
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,10 @@ class PreparedInputs:
     chat_template_sample: str
     tokenizer: object
     preference: PreferenceData | None = None  # DPO's validated preference pairs
+    card: DataCard | None = None  # harness.validate.data_card, printed before any weight loads
 
 
-def prepare_inputs(cfg: RunConfig) -> PreparedInputs:
+def prepare_inputs(cfg: RunConfig, show_card: bool = True) -> PreparedInputs:
     """Steps 1-3 of a run: frozen eval set, training data, chat template and leakage checks."""
     # 1. Eval set first: nothing trains without a frozen, non-empty eval set.
     eval_set_hash = verify_frozen(cfg.eval)
@@ -108,7 +110,7 @@ def prepare_inputs(cfg: RunConfig) -> PreparedInputs:
     # 2. Training data, validated row by row (errors name file:line).
     sft = load_sft_data(cfg.data) if "sft" in cfg.train.stages else None
     preference = load_preference_data(cfg.data) if "dpo" in cfg.train.stages else None
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer_checked(cfg)  # a missing model path or hub id: a ValueError naming the key
 
     # 3. Chat template and leakage checks, before any model weight is loaded.
     conversations = sft.conversations if sft else []
@@ -123,7 +125,10 @@ def prepare_inputs(cfg: RunConfig) -> PreparedInputs:
     every_split = [e for rows in load_eval_splits(cfg.eval).values() for e in rows]
     heldout_prompts = [(e.source, _prompt_text(e.messages)) for e in every_split]
     leakage = check_leakage(train_prompts, heldout_prompts, cfg.eval.leakage)
-    return PreparedInputs(eval_set_hash, heldout, sft, sft_examples, leakage, sample, tokenizer, preference)
+    card = validate.data_card(cfg, sft, sft_examples, preference, leakage, sample, tokenizer)
+    if show_card:
+        print(validate.format_data_card(card), flush=True)
+    return PreparedInputs(eval_set_hash, heldout, sft, sft_examples, leakage, sample, tokenizer, preference, card)
 
 
 def run_experiment(
@@ -303,6 +308,8 @@ def final_scores(cfg: RunConfig, stage: str, stages: dict[str, StageRecord],
 
 
 def data_card(inputs: PreparedInputs) -> DataCard:
+    if inputs.card is not None:
+        return inputs.card
     preference = inputs.preference
     return DataCard(
         sft_file=inputs.sft.path if inputs.sft else None,
@@ -374,5 +381,5 @@ def summary_table(results: RunResults) -> str:
 
 
 def _prompt_text(messages: list[Message]) -> str:
-    return "\n".join(m.content for m in messages if m.role != "assistant")
+    return "\n".join(m.content for m in messages if m.role == "user")  # system turns are not the question
 

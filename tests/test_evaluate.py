@@ -88,7 +88,7 @@ def test_changed_eval_file_is_refused_until_refrozen(eval_copy):
 
 def test_changed_grader_changes_the_hash(eval_copy):
     with pytest.raises(EvalSetChangedError, match="changed: graders"):
-        verify_frozen(replace(eval_copy, graders=[GraderConfig(type="exact_match")]))
+        verify_frozen(replace(eval_copy, graders=[GraderConfig(type="json_fields", fields=["name"])]))
 
 
 def test_subset_has_its_own_identity(eval_copy):

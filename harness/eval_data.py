@@ -1,0 +1,123 @@
+"""Held-out eval rows: configurable prompt and gold-answer fields, duplicates, and gold answers checked against
+the graders at load time (before any model loads), each error naming the file:line.
+
+    rows = load_eval_rows(cfg.eval)      # rows.examples, rows.warnings, rows.duplicates_removed
+
+A row is `{eval.prompt_field: <string or message list>, eval.reference_field: <gold>}` (default
+`{"messages", "reference"}`), or a row in any SFT format (harness.formats) whose last assistant turn is the gold
+answer. Policies: an exact duplicate (same prompt, same gold) is removed with a warning naming the kept copy;
+the same prompt with two different gold answers is refused; a row with keys beyond the prompt and gold fields is
+reported once (a mistyped field name would otherwise be ignored silently).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.config import EvalConfig
+from harness.data import DataError, Message, read_jsonl, validate_messages
+from harness.graders import grade
+from harness.records import DataWarning
+
+
+@dataclass
+class EvalRow:
+    messages: list[Message]
+    reference: Any
+    source: str
+    split: str | None = None  # selection or reporting (the row's "split" field)
+
+
+@dataclass
+class EvalRows:
+    examples: list[EvalRow]
+    path: str
+    rows_read: int
+    duplicates_removed: int = 0
+    warnings: list[DataWarning] = field(default_factory=list)
+
+
+def load_eval_rows(eval_cfg: EvalConfig) -> EvalRows:
+    from harness import formats
+
+    rows = read_jsonl(eval_cfg.data_file)
+    examples, seen, warnings, duplicates, ignored = [], {}, [], 0, {}
+    for where, row in rows:
+        messages, reference = _prompt_and_gold(row, where, eval_cfg, formats)
+        if messages[-1].role != "user":
+            raise DataError(f"{where}: the held-out prompt must end with a user turn, not a {messages[-1].role} turn")
+        if not messages[-1].content.strip():
+            raise DataError(f"{where}: the held-out prompt's last user turn is empty")
+        check_gold(reference, where, eval_cfg)
+        if eval_cfg.reference_field in row:
+            for key in sorted(set(row) - {eval_cfg.prompt_field, eval_cfg.reference_field, "id", "split"}):
+                ignored.setdefault(key, where)
+        prompt_key = json.dumps([[m.role, m.content] for m in messages])
+        gold_key = json.dumps(reference, sort_keys=True)
+        if prompt_key in seen:
+            first, first_gold = seen[prompt_key]
+            if first_gold != gold_key:
+                raise DataError(f"{where}: the same prompt as {first} with a different gold answer "
+                                f"({gold_key[:80]} vs {first_gold[:80]}); keep one")
+            duplicates += 1
+            warnings.append(DataWarning(where, f"duplicate eval row of {first}, removed"))
+            continue
+        seen[prompt_key] = (where, gold_key)
+        split = row.get("split")
+        examples.append(EvalRow(messages, reference, where, split if isinstance(split, str) else None))
+    for key, where in ignored.items():
+        warnings.append(DataWarning(where, f"field {key!r} is ignored (the prompt is eval.prompt_field="
+                                           f"{eval_cfg.prompt_field}, the gold eval.reference_field="
+                                           f"{eval_cfg.reference_field})"))
+    return EvalRows(examples, str(eval_cfg.data_file), len(rows), duplicates, warnings)
+
+
+def _prompt_and_gold(row: dict, where: str, eval_cfg: EvalConfig, formats) -> tuple[list[Message], Any]:
+    prompt_field, reference_field = eval_cfg.prompt_field, eval_cfg.reference_field
+    if reference_field in row:
+        if prompt_field not in row:
+            raise DataError(f"{where}: missing field {prompt_field!r}, the prompt (found keys: {sorted(row)}); "
+                            "set eval.prompt_field")
+        prompt = row.get(prompt_field)
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise DataError(f"{where}: {prompt_field!r} is empty")
+            return [Message("user", prompt)], row.get(reference_field)
+        return validate_messages(prompt, where, prompt_field, need_assistant=False), row.get(reference_field)
+    fmt = formats.row_format(row)
+    if fmt is None or (fmt == "messages" and prompt_field == "messages"
+                       and not any(isinstance(m, dict) and m.get("role") == "assistant"
+                                   for m in (row.get("messages") or []))):
+        raise DataError(f"{where}: missing field {reference_field!r}, the gold answer (found keys: {sorted(row)}); name the "
+                        f"fields with eval.prompt_field and eval.reference_field, or give rows in a chat format "
+                        "whose last assistant turn is the gold answer")
+    messages = formats.row_messages(row, where, fmt)
+    if messages[-1].role != "assistant":
+        raise DataError(f"{where}: no {reference_field!r} field and the conversation does not end with an assistant "
+                        "turn to take as the gold answer")
+    return messages[:-1], messages[-1].content
+
+
+def check_gold(reference: Any, where: str, eval_cfg: EvalConfig) -> None:
+    """Refuse a gold answer a grader could not score, now rather than after generation."""
+    if reference is None or (isinstance(reference, str) and not reference.strip()):
+        raise DataError(f"{where}: the gold answer ({eval_cfg.reference_field!r}) is empty")
+    for index, grader in enumerate(eval_cfg.graders):
+        where_grader = f"eval.graders[{index}] (type {grader.type})"
+        if grader.type in ("exact_match", "multiple_choice", "numeric") and isinstance(reference, (dict, list, bool)):
+            raise DataError(f"{where}: the gold answer is a {type(reference).__name__} ({json.dumps(reference)[:80]}), "
+                            f"which {where_grader} cannot compare with text")
+        if grader.type == "json_fields" and isinstance(reference, str):
+            try:
+                reference_value = json.loads(reference)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: the gold answer is not valid JSON for {where_grader}: {err.msg}") from None
+            if not isinstance(reference_value, dict):
+                raise DataError(f"{where}: {where_grader} needs a JSON object as the gold answer")
+        try:
+            grade(grader, "", reference)
+        except Exception as err:  # noqa: BLE001 -- the grader's own check of its reference (ValueError, KeyError, TypeError, ...)
+            raise DataError(f"{where}: gold answer {json.dumps(reference)[:80]} is not valid for {where_grader}: "
+                            f"{err}") from None
