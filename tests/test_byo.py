@@ -359,8 +359,8 @@ def test_system_turn_does_not_hide_an_exact_copy(tmp_path):
 def frozen_eval(tmp_path):
     from harness.evalset import freeze
 
-    path = _jsonl(tmp_path, [{"question": f"What is {i}+{i}?", "answer": str(2 * i)} for i in range(4)],
-                  "eval.jsonl")
+    path = _jsonl(tmp_path, [{"question": f"What is {i}+{i}?", "answer": str(2 * i),
+                              "split": "selection" if i < 2 else "reporting"} for i in range(4)], "eval.jsonl")
     overrides = [f"eval.data_file={path}", f"eval.manifest={tmp_path / 'manifest.json'}", "eval.prompt_field=question",
                  "eval.reference_field=answer", "eval.graders=[{type: numeric}]"]
     freeze(make_config(overrides).eval)
@@ -379,7 +379,8 @@ def test_validate_prints_the_card_and_writes_nothing(tmp_path, frozen_eval):
 
 def test_validate_bad_gold_exits_2_naming_the_line(tmp_path, frozen_eval):
     eval_path = tmp_path / "eval.jsonl"
-    eval_path.write_text(eval_path.read_text() + json.dumps({"question": "q", "answer": "many"}) + "\n")
+    eval_path.write_text(eval_path.read_text() + json.dumps({"question": "q", "answer": "many", "split": "reporting"})
+                         + "\n")
     _assert_clean_error(_cli(["validate", "model=tiny", *frozen_eval], tmp_path), f"{eval_path}:5: ")
 
 
