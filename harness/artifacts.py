@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from harness.faults import kill_point
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRACKED_LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "lm_eval", "optuna")
 
@@ -30,6 +32,8 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results and reports are meant to be shared
+        if path.name == "report.html":
+            kill_point("during_report")  # test facility (harness.faults): report.md is in place, report.html not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

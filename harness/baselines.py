@@ -1,4 +1,4 @@
-"""Baselines, computed once per (base model, quantization, eval set hash) and cached on disk.
+"""Baselines, computed once per key (`baseline_key`: everything that changes their numbers) and cached on disk.
 
 "Should you fine-tune at all?" needs two numbers before any training: the base model zero-shot, and the base
 model with a prompt-engineered baseline (a system instruction + k few-shot examples from the *training* split).
@@ -19,22 +19,56 @@ from harness.config import RunConfig
 from harness.data import Conversation
 from harness.evaluate import HeldoutExample, evaluate_heldout
 from harness.model import BaseModel, cache_root
-from harness.records import BaselineCache, BaselineScores, RecordError, read_record, write_record
+from harness.records import (
+    BaselineCache,
+    BaselineScores,
+    RecordError,
+    RegressionScore,
+    read_record,
+    write_record,
+)
 
 log = logging.getLogger(__name__)
 
 
-def baseline_key(base: BaseModel, cfg: RunConfig, eval_set_hash: str) -> str:
+def baseline_key(base: BaseModel, cfg: RunConfig, eval_set_hash: str, fewshot: list[Conversation]) -> str:
+    """Everything that changes the base model's scores, hashed: a cache hit is the same numbers, never stale ones.
+
+    The base model's content, quantization and kernels; the tokenizer and chat template; the eval set and split
+    (`eval_set_hash`: data, graders, generation, prompt baseline, split); the few-shot examples actually used
+    (taken from the training file, so a new training file is a new key; none for train=dpo); the generation
+    settings; each regression task's version, YAML and data hashes; and the library versions.
+    """
+    from harness.artifacts import library_versions
+    from harness.run import tokenizer_identity
+
+    regression = []
+    if cfg.run_regression:
+        from harness.regression import regression_task_identity
+
+        regression = [{**asdict(b), "identity": regression_task_identity(b.task)} for b in cfg.eval.regression]
     identity = {
         "model_hash": base.model_hash,
         "quantized": base.quantized,
         "compute_dtype": str(base.compute_dtype),
         "attn_implementation": base.attn_implementation,
+        "tokenizer": asdict(tokenizer_identity(base.tokenizer)),
         "eval_set_hash": eval_set_hash,
-        "regression": [asdict(b) for b in cfg.eval.regression] if cfg.run_regression else [],
+        "fewshot": [[asdict(m) for m in shot.messages] for shot in fewshot],
+        "prompt_baseline": asdict(cfg.eval.prompt_baseline),
+        "generation": asdict(cfg.eval.generation),
+        "regression": regression,
         "regression_batch_size": cfg.eval.regression_batch_size,
+        "library_versions": library_versions(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fewshot_examples(cfg: RunConfig, fewshot_pool: list[Conversation]) -> list[Conversation]:
+    """The prompt baseline's few-shot examples: the first num_fewshot training conversations (none if disabled)."""
+    if not cfg.eval.prompt_baseline.enabled:
+        return []
+    return fewshot_pool[: cfg.eval.prompt_baseline.num_fewshot]
 
 
 def get_baselines(
@@ -43,9 +77,15 @@ def get_baselines(
     eval_set_hash: str,
     heldout: list[HeldoutExample],
     fewshot_pool: list[Conversation],
+    known_regression: dict[str, RegressionScore] | None = None,
 ) -> BaselineScores:
-    """The base model's scores: computed and cached on a miss, read from the cache on a hit."""
-    key = baseline_key(base, cfg, eval_set_hash)
+    """The base model's scores: computed and cached on a miss, read from the cache on a hit.
+
+    `known_regression`: the base model's regression scores already measured under the same key ingredients (a
+    sweep's trials, when its chosen adapters are scored on the reporting split): reused instead of lm-eval.
+    """
+    shots = fewshot_examples(cfg, fewshot_pool)
+    key = baseline_key(base, cfg, eval_set_hash, shots)
     path = cache_root() / "baselines" / f"{cfg.eval.name}-{key}.json"
     record = _read_cache(path)
     cached = record is not None
@@ -53,7 +93,7 @@ def get_baselines(
         log.info("Baselines for eval set %s read from cache %s", eval_set_hash, path)
     else:
         log.info("Computing baselines for eval set %s (cached afterwards in %s)", eval_set_hash, path)
-        record = _compute_baselines(base, cfg, key, eval_set_hash, heldout, fewshot_pool)
+        record = _compute_baselines(base, cfg, key, eval_set_hash, heldout, shots, known_regression)
         write_record(path, record)
     prompt = record.prompt_baseline
     return BaselineScores(
@@ -73,17 +113,16 @@ def _read_cache(path) -> BaselineCache | None:
         return None
 
 
-def _compute_baselines(base, cfg, key, eval_set_hash, heldout, fewshot_pool) -> BaselineCache:
+def _compute_baselines(base, cfg, key, eval_set_hash, heldout, shots, known_regression) -> BaselineCache:
     model, tokenizer = base.model, base.tokenizer
     zero_shot = evaluate_heldout(model, tokenizer, cfg.eval, heldout)
     prompt_baseline = None
     if cfg.eval.prompt_baseline.enabled:
-        shots = fewshot_pool[: cfg.eval.prompt_baseline.num_fewshot]
         prompt_baseline = evaluate_heldout(
             model, tokenizer, cfg.eval, heldout, cfg.eval.prompt_baseline.system_prompt, shots
         )
-    regression = {}
-    if cfg.run_regression and cfg.eval.regression:
+    regression = dict(known_regression or {})
+    if cfg.run_regression and cfg.eval.regression and known_regression is None:
         from harness.regression import score_regression
 
         regression = score_regression(model, tokenizer, cfg.eval)

@@ -169,6 +169,9 @@ class LeakageConfig:
                 raise ValueError(f"eval.leakage.{name}={getattr(self, name)} must be in [0, 1]")
 
 
+EVAL_SPLITS = ("selection", "reporting")
+
+
 @dataclass
 class EvalConfig:
     """A frozen held-out eval set and the regression benchmarks that guard general ability."""
@@ -178,8 +181,15 @@ class EvalConfig:
     manifest: str = "evals/json_extract/manifest.json"  # frozen content hash (python -m harness.evalset freeze)
     graders: list[GraderConfig] = field(default_factory=lambda: [GraderConfig(type="json_fields")])
     min_score: float = 0.8  # the held-out score (first grader) an adapter must reach to ship
+    # score differences smaller than this do not matter for the task: a cheaper configuration within it of the
+    # best is shipped instead (TOST equivalence at this margin is reported)
+    equivalence_margin: float = 0.05
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    max_examples: Optional[int] = None  # evaluate only the first N held-out examples (None = all)
+    # which split of the eval set a run scores. selection: what sweeps optimise, prune and pick "best" on;
+    # reporting: verdicts, best-vs-runner-up and the CI gate, never used to choose anything (every row of the
+    # data file says which split it is in, and the manifest freezes both)
+    split: str = "selection"
+    max_examples: Optional[int] = None  # evaluate only the first N examples of the split (None = all)
     canary_examples: int = 4  # held-out prompts used to prove that an adapter changes outputs
     prompt_baseline: PromptBaselineConfig = field(default_factory=PromptBaselineConfig)
     leakage: LeakageConfig = field(default_factory=LeakageConfig)
@@ -197,6 +207,8 @@ class EvalConfig:
             raise ValueError(f"eval.min_score={self.min_score} must be in [0, 1]")
         if self.max_examples is not None and self.max_examples < 1:
             raise ValueError(f"eval.max_examples={self.max_examples} must be >= 1 (or null for all)")
+        if self.split not in EVAL_SPLITS:
+            raise ValueError(f"eval.split={self.split!r}: expected one of {', '.join(EVAL_SPLITS)}")
 
 
 @dataclass
@@ -312,11 +324,15 @@ class SweepConfig:
     question: str = ""  # the question the sweep answers, shown in its report
     space: SearchSpace = field(default_factory=SearchSpace)
     sampler: str = "grid"  # grid, tpe, random
-    pruner: str = "none"  # none, median, successive_halving, hyperband
+    pruner: str = "none"  # none, median, successive_halving, hyperband, threshold
     n_trials: int = 3
-    seed: int = 0
-    storage: Optional[str] = None  # Optuna storage URL; None = sqlite:///sweeps/<name>/study.db
-    workers: int = 1  # processes sharing the study (SQLite allows only one)
+    seed: int = 0  # trial n's sampler draws from seed + n: reproducible, and distinct across workers
+    # TPE: random trials before TPE models the results (Optuna's default, 10, would make a 6-trial sweep random
+    # search); None = n_trials // 3, at least 1, at most 10. A value set >= n_trials is refused.
+    n_startup_trials: Optional[int] = None
+    storage: Optional[str] = None  # Optuna storage URL; None = sqlite:///sweeps/<name>/study.db (one worker)
+    # Several workers: run the same command N times (on one machine with journal:// storage, on several with
+    # postgresql://). There is no `workers` setting: each worker is the same ordinary process.
     objective: str = "constrained"  # constrained (held-out up, regressions within limits) or multi
     prune_eval_examples: int = 16  # held-out subset scored at intermediate steps for pruning
     prune_every_steps: int = 10
@@ -331,12 +347,51 @@ class SweepConfig:
     servable_ranks_only: bool = True
 
     def __post_init__(self) -> None:
-        if self.sampler not in ("grid", "tpe", "random"):
-            raise ValueError(f"sweep.sampler={self.sampler!r}: expected grid, tpe or random")
-        if self.objective not in ("constrained", "multi"):
-            raise ValueError(f"sweep.objective={self.objective!r}: expected constrained or multi")
-        if self.workers < 1:
-            raise ValueError(f"sweep.workers={self.workers} must be >= 1")
+        # Checked when the config is composed, before any model loads: each error names its key.
+        choices = {"sampler": SAMPLERS, "pruner": PRUNERS, "tracking": TRACKERS, "objective": OBJECTIVES}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"sweep.{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
+        if self.objective == "multi" and self.pruner != "none":
+            raise ValueError(f"sweep.pruner={self.pruner} with sweep.objective=multi: Optuna cannot prune a "
+                             "multi-objective trial (it refuses trial.report); set sweep.pruner=none")
+        if self.n_trials < 0:
+            raise ValueError(f"sweep.n_trials={self.n_trials} must be >= 0 (0 = the whole grid)")
+        if self.sampler != "grid" and self.n_trials < 1:
+            raise ValueError(f"sweep.n_trials={self.n_trials} must be >= 1 for sampler={self.sampler}")
+        if self.sampler == "tpe" and self.n_startup_trials is not None and self.n_startup_trials >= self.n_trials:
+            raise ValueError(f"sweep.n_startup_trials={self.n_startup_trials} >= sweep.n_trials={self.n_trials}: "
+                             "every trial would be a random one, not TPE's; lower it or raise n_trials")
+        if self.prune_every_steps < 1 or self.prune_eval_examples < 1:
+            raise ValueError("sweep.prune_every_steps and sweep.prune_eval_examples must be >= 1")
+        self._check_space()
+
+    def startup_trials(self) -> int:
+        """TPE's random startup trials (see n_startup_trials)."""
+        if self.n_startup_trials is not None:
+            return self.n_startup_trials
+        return min(10, max(1, self.n_trials // 3))
+
+    def _check_space(self) -> None:
+        space = {name: list(values) for name, values in vars(self.space).items() if values}
+        if not space:
+            raise ValueError(f"sweep.space of sweep {self.name!r} is empty: name at least one parameter to vary")
+        for name, values in space.items():
+            key = f"sweep.space.{name}"
+            if self.sampler != "grid" and name in LOG_UNIFORM:
+                if len(values) != 2 or not 0 < values[0] < values[1]:
+                    raise ValueError(f"{key}={values}: sampler={self.sampler} samples it log-uniform from "
+                                     "[low, high], with 0 < low < high")
+            elif len(set(values)) != len(values):
+                raise ValueError(f"{key}={values} lists a value twice (the grid would run it twice)")
+
+
+# Search-space fields that are continuous ([low, high], log-uniform) for the TPE and random samplers.
+LOG_UNIFORM = ("sft_learning_rate", "dpo_learning_rate")
+SAMPLERS = ("grid", "tpe", "random")
+PRUNERS = ("none", "median", "successive_halving", "hyperband", "threshold")
+TRACKERS = ("mlflow", "wandb", "none")
+OBJECTIVES = ("constrained", "multi")
 
 
 @dataclass
@@ -355,6 +410,11 @@ class RunConfig:
 
     def validate(self) -> None:
         """Cross-group rules, checked before any model is loaded."""
+        if self.sweep is not None and self.eval.split != "selection":
+            raise ValueError(
+                f"eval.split={self.eval.split!r} with sweep {self.sweep.name!r}: a sweep selects on the selection "
+                "split only (it scores its chosen trials on the reporting split itself)"
+            )
         if "dpo" in self.train.stages and not self.data.preference_file:
             raise ValueError(
                 f"train.stages={self.train.stages} needs preference data: set data.preference_file"

@@ -3,8 +3,8 @@ the graders at load time (before any model loads), each error naming the file:li
 
     rows = load_eval_rows(cfg.eval)      # rows.examples, rows.warnings, rows.duplicates_removed
 
-A row is `{eval.prompt_field: <string or message list>, eval.reference_field: <gold>}` (default
-`{"messages", "reference"}`), or a row in any SFT format (harness.formats) whose last assistant turn is the gold
+A row is `{eval.prompt_field: <string or message list>, eval.reference_field: <gold>, "split": "selection" |
+"reporting"}` (default fields `messages`, `reference`), or a row in any SFT format (harness.formats) whose last assistant turn is the gold
 answer. Policies: an exact duplicate (same prompt, same gold) is removed with a warning naming the kept copy;
 the same prompt with two different gold answers is refused; a row with keys beyond the prompt and gold fields is
 reported once (a mistyped field name would otherwise be ignored silently).
@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.config import EvalConfig
+from harness.config import EVAL_SPLITS, EvalConfig
 from harness.data import DataError, Message, read_jsonl, validate_messages
 from harness.graders import grade
 from harness.records import DataWarning
@@ -27,6 +27,7 @@ class EvalRow:
     messages: list[Message]
     reference: Any
     source: str
+    split: str  # selection or reporting (EVAL_SPLITS): every row says which
 
 
 @dataclass
@@ -49,9 +50,14 @@ def load_eval_rows(eval_cfg: EvalConfig) -> EvalRows:
             raise DataError(f"{where}: the held-out prompt must end with a user turn, not a {messages[-1].role} turn")
         if not messages[-1].content.strip():
             raise DataError(f"{where}: the held-out prompt's last user turn is empty")
+        split = row.get("split")
+        if split not in EVAL_SPLITS:
+            found = "missing field 'split'" if "split" not in row else f"split {split!r}"
+            raise DataError(f"{where}: {found}: expected one of {', '.join(EVAL_SPLITS)} (selection picks, "
+                            "reporting judges)")
         check_gold(reference, where, eval_cfg)
         if eval_cfg.reference_field in row:
-            for key in sorted(set(row) - {eval_cfg.prompt_field, eval_cfg.reference_field, "id"}):
+            for key in sorted(set(row) - {eval_cfg.prompt_field, eval_cfg.reference_field, "id", "split"}):
                 ignored.setdefault(key, where)
         prompt_key = json.dumps([[m.role, m.content] for m in messages])
         gold_key = json.dumps(reference, sort_keys=True)
@@ -64,7 +70,7 @@ def load_eval_rows(eval_cfg: EvalConfig) -> EvalRows:
             warnings.append(DataWarning(where, f"duplicate eval row of {first}, removed"))
             continue
         seen[prompt_key] = (where, gold_key)
-        examples.append(EvalRow(messages, reference, where))
+        examples.append(EvalRow(messages, reference, where, split))
     for key, where in ignored.items():
         warnings.append(DataWarning(where, f"field {key!r} is ignored (the prompt is eval.prompt_field="
                                            f"{eval_cfg.prompt_field}, the gold eval.reference_field="

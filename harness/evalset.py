@@ -13,13 +13,12 @@ import argparse
 import hashlib
 import json
 import sys
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import asdict
 
 from harness.artifacts import REPO_ROOT, resolve_path, write_json_atomic
 from harness.config import EvalConfig
 from harness.data import DataError
-from harness.evaluate import load_heldout
+from harness.evaluate import load_eval_splits
 from harness.graders import grader_version
 
 
@@ -29,13 +28,15 @@ class EvalSetChangedError(DataError):
 
 def eval_fingerprint(eval_cfg: EvalConfig) -> dict:
     """Everything that defines what a score on this eval set means; hashed into `eval_set_hash`."""
-    examples = load_heldout(replace(eval_cfg, max_examples=None))  # raises on a missing, empty or malformed set
+    splits = load_eval_splits(eval_cfg)  # raises on a missing, empty or malformed set, or a missing split
     data_bytes = resolve_path(eval_cfg.data_file).read_bytes()
     fingerprint = {
         "name": eval_cfg.name,
         "data_file": str(eval_cfg.data_file),
         "data_sha256": hashlib.sha256(data_bytes).hexdigest(),
-        "n_examples": len(examples),
+        "n_examples": sum(len(rows) for rows in splits.values()),
+        # which rows are in which split, frozen with the data: moving a row between splits changes the hash
+        "splits": {name: {"n": len(rows), "sources_sha256": _sources_sha256(rows)} for name, rows in splits.items()},
         "graders": [asdict(grader) for grader in eval_cfg.graders],
         "grader_versions": [grader_version(grader) for grader in eval_cfg.graders],
         "generation": asdict(eval_cfg.generation),
@@ -46,11 +47,17 @@ def eval_fingerprint(eval_cfg: EvalConfig) -> dict:
     return fingerprint
 
 
-def verify_frozen(eval_cfg: EvalConfig) -> str:
-    """The eval set's hash, if it matches the committed manifest; otherwise an error saying what changed.
+def _sources_sha256(rows) -> str:
+    return hashlib.sha256("\n".join(row.source.rsplit(":", 1)[-1] for row in rows).encode()).hexdigest()[:16]
 
-    Scoring only the first N examples (eval.max_examples) gives a different identity, "<hash>-first<N>", so
-    that scores on a subset are never compared with scores on the whole set.
+
+def verify_frozen(eval_cfg: EvalConfig) -> str:
+    """The identity of the eval set's split, if the set matches the committed manifest; otherwise an error
+    saying what changed.
+
+    The identity is "<hash>-<split>": scores on the selection split never compare with scores on the reporting
+    split. Scoring only the first N examples (eval.max_examples) gives "<hash>-<split>-first<N>", so that scores
+    on a subset are never compared with scores on the whole split.
     """
     current = eval_fingerprint(eval_cfg)
     manifest_path = resolve_path(eval_cfg.manifest)
@@ -67,9 +74,10 @@ def verify_frozen(eval_cfg: EvalConfig) -> str:
             f"(changed: {', '.join(changed) or 'hash'}; frozen {frozen.get('hash')}, now {current['hash']}). "
             f"Scores would not be comparable with earlier ones. If the change is deliberate, re-freeze: {refreeze}"
         )
+    identity = f"{current['hash']}-{eval_cfg.split}"
     if eval_cfg.max_examples is not None:
-        return f"{current['hash']}-first{eval_cfg.max_examples}"
-    return current["hash"]
+        return f"{identity}-first{eval_cfg.max_examples}"
+    return identity
 
 
 def freeze(eval_cfg: EvalConfig) -> dict:
@@ -93,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "freeze":
             fingerprint = freeze(cfg.eval)
+            sizes = ", ".join(f"{name} {split['n']}" for name, split in fingerprint.get("splits", {}).items())
             print(f"froze {cfg.eval.name}: hash {fingerprint['hash']}, {fingerprint['n_examples']} examples "
-                  f"-> {cfg.eval.manifest}")
+                  f"({sizes}) -> {cfg.eval.manifest}")
         else:
             print(f"{cfg.eval.name}: frozen, hash {verify_frozen(cfg.eval)}")
     except DataError as err:

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness.config import EvalConfig
+from harness.config import EVAL_SPLITS, EvalConfig
 from harness.data import Conversation, DataError, Message, as_messages, chat
+from harness.faults import kill_point
 from harness.graders import aggregate, grade, grader_version
 from harness.model import fast_cpu_inference
 from harness.records import CanaryResult, ExampleResult, GradeResult, HeldoutResult
@@ -42,17 +43,26 @@ class HeldoutExample:
         self.messages = as_messages(self.messages)
 
 
-def load_heldout(eval_cfg: EvalConfig) -> list[HeldoutExample]:
-    """The eval set's rows (harness.eval_data: configurable fields, gold answers checked against the graders,
-    duplicates removed); an empty or malformed set is an error naming the file and line."""
+def load_eval_splits(eval_cfg: EvalConfig) -> dict[str, list[HeldoutExample]]:
+    """Every row of the eval set, by split (harness.eval_data: configurable fields, gold answers checked against
+    the graders, duplicates removed); a malformed row or a split with no rows is an error naming the file."""
     from harness.eval_data import load_eval_rows
 
-    rows = load_eval_rows(eval_cfg)
-    examples = [HeldoutExample(row.messages, row.reference, row.source) for row in rows.examples]
+    splits: dict[str, list[HeldoutExample]] = {name: [] for name in EVAL_SPLITS}
+    for row in load_eval_rows(eval_cfg).examples:
+        splits[row.split].append(HeldoutExample(row.messages, row.reference, row.source))
+    for name, examples in splits.items():
+        if not examples:
+            raise DataError(f"{eval_cfg.data_file}: the eval set has no {name} rows (each row needs "
+                            f'"split": "selection" or "reporting"; selection picks, reporting judges)')
+    return splits
+
+
+def load_heldout(eval_cfg: EvalConfig) -> list[HeldoutExample]:
+    """The rows of the eval set's `eval.split` (its first `max_examples`); errors name the file and line."""
+    examples = load_eval_splits(eval_cfg)[eval_cfg.split]
     if eval_cfg.max_examples is not None:
         examples = examples[: eval_cfg.max_examples]
-    if not examples:
-        raise DataError(f"{eval_cfg.data_file}: the eval set is empty")
     return examples
 
 
@@ -114,6 +124,7 @@ def evaluate_heldout(
     outputs = generate(
         model, tokenizer, prompts, eval_cfg.generation.max_new_tokens, eval_cfg.generation.batch_size
     )
+    kill_point("mid_evaluation")  # test facility (harness.faults): a no-op unless HARNESS_KILL_AT names it
     return grade_outputs(eval_cfg, examples, outputs, time.perf_counter() - started)
 
 

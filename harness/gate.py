@@ -13,9 +13,13 @@ match the current ones; otherwise the adapter is evaluated here (base model, ada
 regression benchmarks) and that evaluation is written as a results record (`candidate_results.json`). The
 Hydra overrides choose the eval set and the base model as for `python -m harness`: pass the baseline's.
 
+Everything is scored on the eval set's reporting split (eval.split=reporting is the gate's default): a baseline
+or candidate scored on the selection split, which a sweep chose on, is refused.
+
 Checks, each on the same examples as the baseline (paired: `harness.stats.compare_paired`, McNemar for 0/1
 scores, paired bootstrap otherwise):
-  heldout_min_score     the candidate's held-out score >= the baseline's min_score
+  heldout_min_score     three states on the candidate's interval: passes when its lower bound >= min_score,
+                        fails when its upper bound < min_score, warns when it straddles min_score
   heldout_vs_baseline   fails when the candidate is below the baseline by more than --min-effect AND the
                         paired test rejects "no difference" at --alpha
   regression/<task>     fails when the drop exceeds the task's max_regression AND the paired test rejects "no
@@ -49,7 +53,7 @@ from harness.records import (
     read_record,
     write_record,
 )
-from harness.stats import compare_paired
+from harness.stats import compare_paired, holm
 
 # Baselines keep each example's output when they are this small in total (characters), so that a failing gate
 # can show what changed; larger eval sets keep scores only, to keep the committed file reviewable.
@@ -68,6 +72,7 @@ def make_baseline(results: RunResults, created_from: str) -> GateBaseline:
     """The committed baseline record from a run's (or a gate evaluation's) results record."""
     if results.status != "complete":
         raise CannotCompareError(f"{created_from}: results status is {results.status!r}, not complete")
+    _require_reporting_split(created_from, results.eval_set.split)
     stage = results.final_stage
     heldout = stage.heldout
     keep_outputs = sum(len(row.output) for row in heldout.per_example) <= MAX_BASELINE_OUTPUT_CHARS
@@ -227,6 +232,7 @@ def check(cfg: RunConfig, candidate: Path, baseline_path: Path, settings: GateSe
     from harness.evalset import verify_frozen
 
     # 1. Refuse cheap mismatches before loading any weights.
+    _require_reporting_split("the gate's eval config", cfg.eval.split)
     baseline = load_baseline(baseline_path)
     locate_candidate(candidate)
     _require_same("eval set hash", baseline.eval_set.hash, verify_frozen(cfg.eval),
@@ -251,13 +257,20 @@ def compare(baseline: GateBaseline, candidate: RunResults, settings: GateSetting
     base_rows, cand_rows = baseline.heldout.per_example, stage.heldout.per_example
     base_scores, cand_scores = [r.score for r in base_rows], [r.score for r in cand_rows]
 
-    checks = [_min_score_check(baseline, cand_scores, stage.heldout),
-              _paired_check("heldout_vs_baseline", f"held-out vs baseline ({baseline.eval_set.name})",
-                            base_scores, cand_scores, settings.min_effect, settings)]
+    # One verdict rests on every paired check (held-out and each benchmark): their p-values are Holm-adjusted
+    # together, so more benchmarks do not mean more chances of failing on noise.
+    paired_inputs = {"heldout_vs_baseline": (f"held-out vs baseline ({baseline.eval_set.name})", base_scores,
+                                             cand_scores, settings.min_effect)}
     for task, base_task in baseline.regression.items():
-        checks.append(_paired_check(f"regression/{task}", f"regression {task} ({base_task.metric})",
-                                    base_task.per_example, stage.regression[task].per_example,
-                                    base_task.max_regression, settings))
+        paired_inputs[f"regression/{task}"] = (f"regression {task} ({base_task.metric})", base_task.per_example,
+                                               stage.regression[task].per_example, base_task.max_regression)
+    raw = {name: compare_paired(a, b, alpha=settings.alpha, seed=settings.seed).p_value
+           for name, (_, a, b, _) in paired_inputs.items()}
+    adjusted = dict(zip(raw, holm(list(raw.values())), strict=True))
+    checks = [_min_score_check(baseline, cand_scores, stage.heldout)]
+    for name, (title, a, b, max_drop) in paired_inputs.items():
+        checks.append(_paired_check(name, title, a, b, max_drop, settings,
+                                    adjusted[name] if len(adjusted) > 1 else None))
 
     notes = []
     if candidate.adapter.hash == baseline.adapter.hash:
@@ -298,36 +311,43 @@ def compare(baseline: GateBaseline, candidate: RunResults, settings: GateSetting
 
 
 def _min_score_check(baseline: GateBaseline, cand_scores: list[float], cand_heldout: HeldoutResult) -> Check:
+    """Three states: meets (interval above min_score) passes, below (interval under it) fails, inconclusive warns."""
+    from harness.verdicts import min_score_verdict
+
     min_score, score = baseline.min_score, cand_heldout.score
-    passed = score >= min_score
+    verdict = min_score_verdict(cand_scores, min_score)
     return Check(
-        name="heldout_min_score", title="held-out score >= min_score",
-        status="pass" if passed else "fail",
-        message=(f"held-out score {score:.3f} {'>=' if passed else '<'} min_score {min_score:.3f} "
-                 f"(n={len(cand_scores)})"),
-        baseline=baseline.heldout.score, candidate=score, limit=f">= {min_score:.3f}",
+        name="heldout_min_score", title="held-out score vs min_score (interval)",
+        status={"meets": "pass", "below": "fail", "inconclusive": "warn"}[verdict.state],
+        message=f"held-out score {verdict.text}",
+        baseline=baseline.heldout.score, candidate=score, limit=f"interval vs {min_score:.3f}",
         delta=score - baseline.heldout.score,
-        ci_low=cand_heldout.ci_low, ci_high=cand_heldout.ci_high,
+        ci_low=verdict.ci_low, ci_high=verdict.ci_high,
         n=len(cand_scores),
     )
 
 
 def _paired_check(name: str, title: str, base_scores: list[float], cand_scores: list[float], max_drop: float,
-                  settings: GateSettings) -> Check:
-    """Fail only when the drop is beyond `max_drop` and the paired test says it is not noise."""
+                  settings: GateSettings, p_adjusted: float | None = None) -> Check:
+    """Fail only when the drop is beyond `max_drop` and the paired test (Holm-adjusted over the gate's paired
+    checks when there are several) says it is not noise."""
     comparison = compare_paired(base_scores, cand_scores, alpha=settings.alpha, seed=settings.seed)
+    p_value = comparison.p_value if p_adjusted is None else p_adjusted
     beyond_limit = comparison.delta < -max_drop
-    if beyond_limit and comparison.significant:
+    if beyond_limit and p_value < settings.alpha:
         status, why = "fail", f"drop beyond the {max_drop:.3f} limit and significant"
     elif beyond_limit:
         status, why = "warn", f"drop beyond the {max_drop:.3f} limit but not distinguishable from noise"
     else:
         status, why = "pass", f"within the {max_drop:.3f} limit"
     p_text = "p<0.001" if comparison.p_value < 0.001 else f"p={comparison.p_value:.2g}"
+    if p_adjusted is not None:
+        p_text += f", Holm-adjusted {p_adjusted:.2g}"
     return Check(
         name=name, title=title, status=status,
         message=(f"{comparison.mean_a:.3f} -> {comparison.mean_b:.3f} (delta {comparison.delta:+.3f}, "
-                 f"{100 * (1 - settings.alpha):g}% CI [{comparison.ci_low:+.3f}, {comparison.ci_high:+.3f}], "
+                 f"{100 * (1 - settings.alpha):g}% {comparison.interval_method} CI "
+                 f"[{comparison.ci_low:+.3f}, {comparison.ci_high:+.3f}], "
                  f"{comparison.method} {p_text}, {comparison.losses} worse / {comparison.wins} better of "
                  f"{comparison.n}): {why}"),
         baseline=comparison.mean_a, candidate=comparison.mean_b,
@@ -361,6 +381,14 @@ def _require_comparable(baseline: GateBaseline, candidate: RunResults) -> None:
                       len(cand_task.per_example), "check the task's limit")
         _require_same(f"regression {task} task_version", base_task.task_version, cand_task.task_version, "")
         _require_same(f"regression {task} metric", base_task.metric, cand_task.metric, "")
+
+
+def _require_reporting_split(what: str, split: str) -> None:
+    if split != "reporting":
+        raise CannotCompareError(
+            f"{what} is scored on the {split!r} split: the gate compares on the reporting split only (a sweep chose "
+            "its best on the selection split, so scores there are biased upward); use the trial's reporting "
+            "evaluation (sweeps/<name>/trials/<NNN>/reporting) or eval.split=reporting")
 
 
 def _require_same(what: str, baseline_value, candidate_value, hint: str) -> None:
@@ -442,7 +470,8 @@ def _compose(overrides: list[str]) -> RunConfig:
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base=None):
-        return to_run_config(compose("config", overrides=overrides))
+        # The gate judges on the reporting split, which no sweep selected on.
+        return to_run_config(compose("config", overrides=["eval.split=reporting", *overrides]))
 
 
 def _one_line(err: BaseException) -> str:

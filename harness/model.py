@@ -476,8 +476,10 @@ def fast_cpu_inference(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         for name, child in list(parent.named_children()):
             if isinstance(child, bnb.nn.Linear4bit) and child.weight.device.type == "cpu":
                 weight = _dequantized_weight(child)
-                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
-                                        dtype=weight.dtype)
+                # skip_init: no random initialisation, so evaluating never moves the global RNG (it used to
+                # decide the next adapter's initial weights).
+                plain = torch.nn.utils.skip_init(torch.nn.Linear, child.in_features, child.out_features,
+                                                 bias=child.bias is not None, dtype=weight.dtype)
                 plain.weight = torch.nn.Parameter(weight, requires_grad=False)
                 if child.bias is not None:
                     plain.bias = torch.nn.Parameter(child.bias.data.to(weight.dtype), requires_grad=False)

@@ -24,12 +24,13 @@ from harness.recordio import RecordError, from_json, read_record, to_json, write
 
 __all__ = ["RecordError", "from_json", "read_record", "to_json", "write_record"]  # the codec, re-exported
 
-RESULTS_FORMAT = "harness.results/v2"
-TRIAL_FORMAT = "harness.trial/v1"
-SWEEP_FORMAT = "harness.sweep/v1"
+RESULTS_FORMAT = "harness.results/v3"
+TRIAL_FORMAT = "harness.trial/v2"
+SWEEP_FORMAT = "harness.sweep/v2"
 BEST_FORMAT = "harness.best/v1"
-BASELINE_FORMAT = "harness.gate/baseline-v2"
+BASELINE_FORMAT = "harness.gate/baseline-v3"
 BASELINE_CACHE_FORMAT = "harness.baseline-cache/v1"
+VERDICTS_FORMAT = "harness.verdicts/v1"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -142,9 +143,10 @@ class CanaryResult:
 @dataclass
 class EvalSetIdentity:
     name: str
-    hash: str  # content hash of the frozen eval set (subsets: <hash>-firstN)
+    hash: str  # content hash of the frozen eval set and the split: <hash>-<split> (subsets: <hash>-<split>-firstN)
     n: int | None  # examples scored; None in a sweep record before any trial finished
     min_score: float
+    split: str  # selection (sweeps choose on it) or reporting (verdicts and the gate; nothing chooses on it)
 
 
 @dataclass
@@ -282,9 +284,11 @@ class RunMetrics:
     device: str
     compute_dtype: str
     library_versions: dict[str, str]
-    seed: int
+    seed: int  # python, numpy and torch are seeded from it at the start and right before the adapter is created
     git_revision: str
     wall_time_s: float
+    torch_threads: int = 0  # CPU results are bit-identical only at the same thread count
+    reproducibility: str = ""  # what a rerun of the same command reproduces here (see run.reproducibility_note)
     train_runtime_s: float = 0.0
     tokens_per_s: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float = 0.0
@@ -341,7 +345,7 @@ class TrialRecord:
     number: int
     state: str  # RUNNING, COMPLETE, PRUNED, FAIL
     params: dict[str, Any]
-    command: str  # re-runs this trial alone
+    command: str  # re-runs this trial alone: `python -m harness` + overrides (verified to rebuild its config)
     trial_dir: str
     host: str
     pid: int
@@ -353,6 +357,9 @@ class TrialRecord:
     duration_s: float | None = None
     finished_at: str | None = None
     retry_of: int | None = None
+    # the sweep YAML's settings, the sweep command's Hydra overrides, the trial's params: `command` is
+    # `python -m harness` + these, checked by composing them before the trial trains
+    overrides: list[str] = field(default_factory=list)
     format: str = TRIAL_FORMAT
 
 
@@ -378,6 +385,50 @@ class SweepRecord:
     finished_at: str | None = None
     wall_time_s: float | None = None
     format: str = SWEEP_FORMAT
+
+
+@dataclass
+class Verdict:
+    """One decision the report states, on the reporting split, in one of three states with its evidence."""
+
+    question: str  # min_score | finetuning_needed | best_vs_runner_up | cheaper_alternative
+    state: str  # min_score: meets|below|inconclusive; finetuning_needed: yes|no|inconclusive;
+    #             best_vs_runner_up: better|worse|inconclusive; cheaper_alternative: cheaper|best
+    text: str  # one line: the numbers, the method, and why this state
+    method: str  # the interval or test, named
+    estimate: float  # the score (min_score) or the paired difference (B - A)
+    ci_low: float
+    ci_high: float
+    n: int
+    p_value: float | None = None
+    p_adjusted: float | None = None  # Holm over the sweep's paired comparisons (see SweepVerdicts.correction)
+    examples_to_decide: int | None = None  # for an inconclusive state: examples that would decide it
+
+
+@dataclass
+class ReportingScore:
+    """A trial evaluated on the reporting split, beside its selection-split score."""
+
+    number: int
+    results: str  # its reporting evaluation's results.json
+    selection: ScoreSummary
+    reporting: ScoreSummary
+    optimism_gap: float  # selection - reporting: how much choosing on the selection split flattered it
+
+
+@dataclass
+class SweepVerdicts:
+    """verdicts.json: the sweep's verdicts on the reporting split, which no selection has touched."""
+
+    best: int  # best on the selection split (selection.rank_key): best.json
+    recommended: int  # the trial to ship: best, or a cheaper one not distinguishable from it
+    reasons: list[str]
+    scores: list[ReportingScore]  # best first, then the runner-up and the cheaper alternative where evaluated
+    verdicts: list[Verdict]
+    correction: str  # how the p-values of several comparisons were adjusted
+    equivalence_margin: float
+    alpha: float
+    format: str = VERDICTS_FORMAT
 
 
 @dataclass

@@ -111,6 +111,47 @@ def regression_task_versions(tasks: list[str], include_path: str | None = None) 
     return versions
 
 
+def regression_task_identity(name: str, include_path: str | None = None) -> dict[str, str]:
+    """What decides a task's scores besides the model: its version, the bytes of its YAML (prompt, metrics) and
+    of the other files in a project task's folder (utils.py), and its local data files. Editing a task's JSONL
+    changes this; a hub-hosted dataset is identified by the task YAML (its dataset name and revision) and the
+    lm-eval version, which the baseline cache key also holds."""
+    task_manager = _task_manager(include_path)
+    _check_known(task_manager, name)
+    entry = task_manager.task_index[name]
+    identity = {"version": regression_task_versions([name], include_path)[name]}
+    if entry.yaml_path is None:
+        return identity
+    yaml_path = Path(entry.yaml_path).resolve()
+    identity["yaml_sha256"] = _sha256(yaml_path.read_bytes())
+    if yaml_path.is_relative_to(_LM_EVAL_TASKS_DIR):
+        return identity
+    for path in sorted(yaml_path.parent.glob("*.py")):
+        identity[f"{path.name}_sha256"] = _sha256(path.read_bytes())
+    spec = _task_spec(task_manager, name)
+    data_files = (spec.get("dataset_kwargs") or {}).get("data_files") if isinstance(spec, dict) else None
+    for index, data_file in enumerate(_flat_files(data_files)):
+        if "://" not in data_file and Path(data_file).is_file():
+            identity[f"data_{index}_sha256"] = _sha256(Path(data_file).read_bytes())
+    return identity
+
+
+def _flat_files(data_files) -> list[str]:
+    if data_files is None:
+        return []
+    if isinstance(data_files, dict):
+        return [f for files in data_files.values() for f in _flat_files(files)]
+    if isinstance(data_files, list):
+        return [f for files in data_files for f in _flat_files(files)]
+    return [str(data_files)]
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
 @functools.lru_cache(maxsize=4)
 def _task_manager(include_path: str | None) -> TaskManager:
     # Indexing lm-eval's ~15k task YAMLs takes seconds; a sweep calls this once per trial.

@@ -29,7 +29,15 @@ from pathlib import Path
 
 from harness.artifacts import replace_dir_atomic, write_text_atomic
 from harness.recordio import RecordError, read_record
-from harness.records import BestTrial, ExampleResult, RunResults, ScoreSummary, SweepRecord, TrialRecord
+from harness.records import (
+    BestTrial,
+    ExampleResult,
+    RunResults,
+    ScoreSummary,
+    SweepRecord,
+    SweepVerdicts,
+    TrialRecord,
+)
 from harness.render import IMAGES_DIR, Heading, Para, render_html, render_markdown
 from harness.selection import rank_key
 
@@ -37,6 +45,7 @@ MAX_EXAMPLES_SHOWN = 5  # fixed and broken examples shown per list; the counts c
 BEST_TRIALS_PLOTTED = 3  # trials in the per-benchmark delta plot
 SECTIONS = (
     "Verdict",
+    "Verdicts on the reporting split",
     "Trials",
     "Plots",
     "Paired comparisons",
@@ -95,6 +104,7 @@ class Sweep:
     meta: SweepRecord  # sweep.json
     trials: list[Trial]
     best_number: int | None  # from best.json, when the sweep wrote one
+    verdicts: SweepVerdicts | None = None  # verdicts.json: the reporting-split verdicts, when the sweep wrote them
 
 
 @dataclass
@@ -117,7 +127,9 @@ def load_sweep(directory: Path) -> Sweep:
     trials.sort(key=lambda t: t.record.number)
     best_path = directory / "best.json"
     best_number = _read(BestTrial, best_path).number if best_path.is_file() else None
-    return Sweep(meta.name, directory, meta, trials, best_number)
+    verdicts_path = directory / "verdicts.json"
+    verdicts = _read(SweepVerdicts, verdicts_path) if verdicts_path.is_file() else None
+    return Sweep(meta.name, directory, meta, trials, best_number, verdicts)
 
 
 def _load_trial(trial_dir: Path, sweep: SweepRecord) -> Trial:
@@ -216,6 +228,7 @@ def write_report(sweep_dirs: list[Path], out_dir: Path | None = None) -> Path:
 
 def build_report(sweeps: list[Sweep]) -> Report:
     # Imported here, not at the top: these modules import Trial, Sweep and rank_trials from this one.
+    from harness.report_evidence import evidence_section
     from harness.report_format import trials_csv
     from harness.report_sections import (
         comparisons_section,
@@ -242,6 +255,7 @@ def build_report(sweeps: list[Sweep]) -> Report:
     for sweep in sweeps:
         blocks.append(Para(sweep_summary(sweep, multi)))
     blocks += verdict_section(sweeps, ranked)
+    blocks += evidence_section(sweeps)
     blocks += trials_section(sweeps, trials, ranked, multi)
     blocks += plots_section(sweeps, trials, ranked, images)
     blocks += comparisons_section(ranked)

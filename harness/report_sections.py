@@ -78,11 +78,12 @@ def verdict_section(sweeps: list[Sweep], ranked: list[Trial]) -> list:
     zero_shot, prompt = results.baselines.zero_shot, results.baselines.prompt_baseline
     meets = results.final.meets_min_score
     headline = (
-        f"Best adapter: trial {best.label} ({fmt_params(best.record.params)}), "
-        f"held-out {fmt_estimate(best.heldout)}"
-        f" — {'meets' if meets else 'does NOT meet'} min_score {min_score:g}"
+        f"Best on the selection split: trial {best.label} ({fmt_params(best.record.params)}), "
+        f"selection split {fmt_estimate(best.heldout)}"
         + ("" if best.feasible_final else "; no trial stayed within every regression limit")
-        + "."
+        + ". That is the split it was chosen on, so the score is biased upward: the verdicts (min_score, "
+        "fine-tuning, best vs runner-up, the cheaper alternative) are made on the reporting split, in the next "
+        "section."
     )
     blocks.append(Para(headline, "verdict ok" if meets and best.feasible_final else "verdict warn"))
     blocks.append(Para(f"Adapter: {results.adapter.path} (hash {results.adapter.hash[:16]})."))
@@ -131,7 +132,8 @@ def verdict_section(sweeps: list[Sweep], ranked: list[Trial]) -> list:
             f"{versus_base.verdict()} (A = base, B = adapter)."
         )
     )
-    blocks.append(Para("Was fine-tuning needed? " + _finetuning_needed(best, prompt, min_score)))
+    blocks.append(Para("On the selection split (for orientation; decided on the reporting split below): was "
+                       "fine-tuning needed? " + _finetuning_needed(best, prompt, min_score)))
     blocks.append(Para("Forgetting: " + _forgetting(best, ranked)))
     # best.json and this ranking are one rule (selection.rank_key), but best.json is written when a sweep process
     # finishes, from the trials that process could see: a sweep stopped before its last summary, or trials run

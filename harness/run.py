@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 from peft import LoraConfig
 
@@ -43,7 +44,13 @@ from harness.data import (
 )
 from harness.dpo import train_dpo
 from harness.evalset import verify_frozen
-from harness.evaluate import HeldoutExample, check_adapter_active, evaluate_heldout, load_heldout
+from harness.evaluate import (
+    HeldoutExample,
+    check_adapter_active,
+    evaluate_heldout,
+    load_eval_splits,
+    load_heldout,
+)
 from harness.leakage import LeakageReport, check_leakage
 from harness.model import (
     BaseModel,
@@ -114,7 +121,9 @@ def prepare_inputs(cfg: RunConfig, show_card: bool = True) -> PreparedInputs:
     sample = render_loss_sample(tokenizer, sft_examples[0]) if sft_examples else ""
     train_prompts = [(c.source, _prompt_text(c.messages)) for c in conversations]
     train_prompts += [(p.source, _prompt_text(p.prompt_messages)) for p in (preference.pairs if preference else [])]
-    heldout_prompts = [(e.source, _prompt_text(e.messages)) for e in heldout]
+    # Leakage is checked against every split, not only the one this run scores.
+    every_split = [e for rows in load_eval_splits(cfg.eval).values() for e in rows]
+    heldout_prompts = [(e.source, _prompt_text(e.messages)) for e in every_split]
     leakage = check_leakage(train_prompts, heldout_prompts, cfg.eval.leakage)
     card = validate.data_card(cfg, sft, sft_examples, preference, leakage, sample, tokenizer)
     if show_card:
@@ -127,6 +136,7 @@ def run_experiment(
 ) -> RunResults:
     """Train and score one configuration; `progress=False` silences per-step output (sweeps print one line)."""
     started = time.perf_counter()
+    seed_everything(cfg.seed)
     inputs = inputs or prepare_inputs(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
@@ -143,7 +153,10 @@ def run_experiment(
     fewshot_pool = inputs.sft.conversations if inputs.sft else []
     baselines = get_baselines(base, cfg, inputs.eval_set_hash, inputs.heldout, fewshot_pool)
 
-    # 5. Attach a fresh LoRA adapter and train each stage, scoring after each.
+    # 5. Attach a fresh LoRA adapter and train each stage, scoring after each. Seeded right here: whatever ran
+    # before (baselines computed or read from the cache, lm-eval's reseeding, earlier trials) must not decide the
+    # initial adapter. The trainers seed again from the same seed (dropout, data order).
+    seed_everything(cfg.seed)
     model = attach_lora(base.model, cfg.lora)
     stages: dict[str, StageRecord] = {}
     loss_log: list[dict] = []
@@ -184,6 +197,26 @@ def run_experiment(
     write_json_atomic(run_dir / "metrics.json", to_json(results.metrics))
     write_record(run_dir / "results.json", results)
     return results
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every device) from the run's seed."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def reproducibility_note(device: str, seed: int) -> str:
+    """What a rerun of the same command reproduces, as the results record states it."""
+    import torch
+
+    if device == "cpu":
+        return (f"bit-identical on cpu: the same command with seed {seed} and {torch.get_num_threads()} torch threads "
+                "gives the same adapter tensors and per-example outputs, cold or warm cache, alone or after other "
+                "trials; another thread count may change float rounding")
+    return (f"not bit-identical on {device}: seed {seed} fixes the initial adapter, dropout and data order, but GPU "
+            "kernels (cuBLAS reductions, attention and backward atomics) are not deterministic, so weights and "
+            "scores agree only up to rounding noise")
 
 
 def _score_stage(model, base: BaseModel, cfg: RunConfig, heldout, stage_result: StageResult, run_dir: Path) -> StageRecord:
@@ -229,7 +262,7 @@ def build_results(
         run_dir=str(run_dir) if run_dir is not None else None,
         config=OmegaConf.to_container(OmegaConf.structured(cfg)),
         eval_set=EvalSetIdentity(name=cfg.eval.name, hash=eval_set_hash, n=final.heldout.n,
-                                 min_score=cfg.eval.min_score),
+                                 min_score=cfg.eval.min_score, split=cfg.eval.split),
         model=ModelIdentity(id=base.model_id, hash=base.model_hash, quantized=base.quantized,
                             compute_dtype=str(base.compute_dtype), attn_implementation=base.attn_implementation),
         tokenizer=tokenizer_identity(base.tokenizer),
@@ -249,6 +282,8 @@ def build_results(
             compute_dtype=str(base.compute_dtype),
             library_versions=library_versions(),
             seed=cfg.seed,
+            torch_threads=torch.get_num_threads(),
+            reproducibility=reproducibility_note(device, cfg.seed),
             git_revision=git_revision(),
             wall_time_s=seconds,
             stages=trained,
@@ -326,8 +361,8 @@ def summary_table(results: RunResults) -> str:
 
     base, eval_set = results.baselines, results.eval_set
     lines = [
-        f"eval set {eval_set.name} (hash {eval_set.hash}, n={eval_set.n}, "
-        f"min_score {eval_set.min_score}), base {results.model.id}",
+        (f"eval set {eval_set.name}, {eval_set.split} split (hash {eval_set.hash}, n={eval_set.n}, "
+         f"min_score {eval_set.min_score}), base {results.model.id}"),
         f"{'model':<34}{'held-out score [95% CI]':<28}",
         f"{'base zero-shot' + (' (cached)' if base.cached else ''):<34}{fmt(base.zero_shot):<28}",
         f"{'base + prompt baseline':<34}{fmt(base.prompt_baseline):<28}",

@@ -68,7 +68,7 @@ class PairedComparison:
     mean_a: float
     mean_b: float
     delta: float  # mean_b - mean_a
-    ci_low: float  # (1 - alpha) interval of delta: bootstrap percentile, or normal for mcnemar
+    ci_low: float  # (1 - alpha) interval of delta: bootstrap percentile, or exact conditional for mcnemar
     ci_high: float
     p_value: float  # two-sided, null hypothesis: no difference between A and B
     wins: int  # examples where b > a
@@ -77,11 +77,17 @@ class PairedComparison:
     significant: bool  # p_value < alpha
     alpha: float = 0.05  # significance level the comparison was made at
 
+    @property
+    def interval_method(self) -> str:
+        return {"mcnemar": "exact conditional (Clopper-Pearson on the discordant pairs)",
+                "paired_bootstrap": "paired bootstrap percentile"}[self.method]
+
     def verdict(self) -> str:
         """One plain-English line for reports, with the delta in points (scores x 100)."""
         level = f"{100 * (1 - self.alpha):g}%"
         test = {"mcnemar": "McNemar", "paired_bootstrap": "paired bootstrap"}[self.method]
-        interval = f"{level} CI {100 * self.ci_low:+.1f} to {100 * self.ci_high:+.1f}"
+        kind = {"mcnemar": "exact conditional", "paired_bootstrap": "bootstrap percentile"}[self.method]
+        interval = f"{level} {kind} CI {100 * self.ci_low:+.1f} to {100 * self.ci_high:+.1f}"
         p_text = "p<0.001" if self.p_value < 0.001 else f"p={self.p_value:.2g}"
         if not self.significant:
             return (
@@ -143,7 +149,9 @@ def paired_bootstrap(
 def mcnemar(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> PairedComparison:
     """Exact McNemar test for 0/1 scores: a two-sided binomial test on the discordant pairs.
 
-    The interval of the delta is the normal (Wald) interval of a difference of paired proportions.
+    The interval of the delta is the exact conditional one (`mcnemar_exact_interval`), which excludes 0 exactly
+    when the exact test rejects at `alpha`: the Wald interval used before could exclude 0 while the test did not
+    reject (5 wins, 0 losses in 100: p=0.0625 but Wald +0.7 to +9.3 points).
     """
     scores_a, scores_b = _as_paired(a, b)
     _check_alpha(alpha)
@@ -154,12 +162,100 @@ def mcnemar(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> Pair
     losses = int(np.count_nonzero(scores_b < scores_a))
     discordant = wins + losses
     p_value = float(scipy_stats.binomtest(wins, discordant, 0.5).pvalue) if discordant else 1.0
-
-    delta = (wins - losses) / n
-    stderr = math.sqrt(max(discordant / n - delta**2, 0.0) / n)
-    half_width = float(scipy_stats.norm.ppf(1 - alpha / 2)) * stderr
-    ci_low, ci_high = max(delta - half_width, -1.0), min(delta + half_width, 1.0)
+    ci_low, ci_high = mcnemar_exact_interval(wins, losses, n, alpha)
     return _comparison("mcnemar", scores_a, scores_b, ci_low, ci_high, min(p_value, 1.0), alpha)
+
+
+def mcnemar_exact_interval(wins: int, losses: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact conditional (1 - alpha) interval of the paired difference (wins - losses) / n.
+
+    Given d = wins + losses discordant pairs, wins ~ Binomial(d, q) and the difference is (d / n)(2q - 1); the
+    Clopper-Pearson interval of q maps to the interval of the difference. It excludes 0 exactly when the
+    Clopper-Pearson interval excludes q = 1/2, i.e. when the exact two-sided binomial test rejects at alpha: the
+    interval and McNemar's exact test never disagree. With no discordant pair the difference is bounded by the
+    Clopper-Pearson upper limit of the discordance rate (0 of n): [-u, +u].
+    """
+    discordant = wins + losses
+    if discordant == 0:
+        upper = 1.0 - (alpha / 2) ** (1.0 / n)
+        return -upper, upper
+    q_low = float(scipy_stats.beta.ppf(alpha / 2, wins, losses + 1)) if wins > 0 else 0.0
+    q_high = float(scipy_stats.beta.ppf(1 - alpha / 2, wins + 1, losses)) if losses > 0 else 1.0
+    scale = discordant / n
+    return scale * (2 * q_low - 1), scale * (2 * q_high - 1)
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """(1 - alpha) interval of mean(b - a): exact conditional for 0/1 scores, paired bootstrap percentile otherwise."""
+    comparison = compare_paired(a, b, alpha=alpha, seed=seed)
+    return comparison.ci_low, comparison.ci_high
+
+
+@dataclass
+class Equivalence:
+    """TOST: is |mean(b - a)| < margin? Two one-sided tests at alpha, i.e. the (1 - 2 alpha) interval inside
+    (-margin, +margin)."""
+
+    equivalent: bool
+    margin: float
+    ci_low: float  # the (1 - 2 alpha) interval of the difference
+    ci_high: float
+    alpha: float
+    method: str
+
+
+def equivalence_test(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05,
+                     seed: int = 0) -> Equivalence:
+    """Two one-sided tests (TOST) of |mean(b) - mean(a)| < margin on paired scores."""
+    if margin <= 0:
+        raise ValueError(f"equivalence margin must be > 0, got {margin}")
+    comparison = compare_paired(a, b, alpha=2 * alpha, seed=seed)
+    interval = "exact conditional" if comparison.method == "mcnemar" else "paired bootstrap percentile"
+    return Equivalence(
+        equivalent=-margin < comparison.ci_low and comparison.ci_high < margin, margin=margin,
+        ci_low=comparison.ci_low, ci_high=comparison.ci_high, alpha=alpha,
+        method=f"TOST: {100 * (1 - 2 * alpha):g}% {interval} interval within ±{margin:g}",
+    )
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error at alpha when each is compared with alpha).
+
+    Sorted ascending, the i-th smallest (0-based) is multiplied by (m - i), made non-decreasing, capped at 1.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def examples_to_exclude(proportion: float, threshold: float, confidence: float = 0.95) -> int | None:
+    """Examples at which a (normal-approximation) interval around `proportion` would no longer contain
+    `threshold`, if the proportion stayed the same: the size that decides an inconclusive min_score verdict.
+    None when proportion == threshold (no size decides it)."""
+    gap = abs(proportion - threshold)
+    if gap == 0:
+        return None
+    z = float(scipy_stats.norm.ppf(0.5 + confidence / 2))
+    variance = max(proportion * (1 - proportion), 1e-4)
+    return math.ceil(z**2 * variance / gap**2)
+
+
+def paired_examples_to_decide(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> int | None:
+    """Examples at which the paired difference's interval would exclude 0 if the observed difference and its
+    per-example spread stayed the same (normal approximation): the size that decides an inconclusive comparison.
+    None when the observed difference is 0."""
+    differences = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    delta = float(differences.mean())
+    if delta == 0:
+        return None
+    z = float(scipy_stats.norm.ppf(1 - alpha / 2))
+    variance = max(float(differences.var()), 1e-4)
+    return math.ceil(z**2 * variance / delta**2)
 
 
 # ---------------------------------------------------------------------------------------------------

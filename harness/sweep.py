@@ -4,15 +4,18 @@ Optuna is driven directly (the Hydra Optuna sweeper on PyPI pins optuna<3), with
 
     summary = run_sweep(cfg)     # cfg.sweep set by +sweep=<name>
 
-- Storage: SQLite file `sweeps/<name>/study.db` by default (one worker); `journal:///path/file.log` for several
-  processes on one machine (Optuna JournalStorage); `postgresql://…` for several machines. Every worker runs
-  the same command and they split the study's trials.
-- Resume: the same command continues the study; finished trials are not re-run. A trial left RUNNING by a
-  process that died is marked FAIL and its configuration retried once: at once when the dead process was on
-  this machine (its pid is gone), through Optuna's heartbeat for RDB storages otherwise.
+- Storage: SQLite file `sweeps/<name>/study.db` by default (one worker; a second is refused);
+  `journal:///path/file.log` for several processes on one machine (Optuna JournalStorage); `postgresql://…` for
+  several machines. N workers = the same command run N times (by hand, `&`, a scheduler, on N machines); each is
+  an ordinary worker and they split the study's trials. Trial n samples with seed sweep.seed + n.
+- Resume, kill -9 included at any point: the same command continues the study; no finished trial is lost or
+  re-run. A trial left RUNNING by a dead worker is completed from its results.json if it wrote one, else FAIL
+  and its configuration retried once (harness.sweep_storage has the rules; tests/test_faults.py proves them).
+- A resumed study whose search space, objective or eval set changed is refused.
 - Grid sweeps enqueue every configuration once, up front; workers pop them atomically, so no configuration
   runs twice.
-- Failure isolation: a trial that raises is FAIL with its reason stored; the sweep goes on.
+- Failure isolation: a trial that raises is FAIL with its reason stored; the sweep goes on. A full disk or a
+  read-only sweeps directory is not a trial's failure: the sweep stops (DiskError), everything finished stays.
 - Pruning: trials report a held-out score on a small fixed subset every `prune_every_steps` steps.
 
 Artifacts: `sweeps/<name>/sweep.json`, `trials/<NNN>/` (trial.json + a run directory's files), `best.json` and a
@@ -24,6 +27,7 @@ harness.tracking.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -32,6 +36,7 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,8 +47,9 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from harness.artifacts import write_text_atomic
-from harness.config import RunConfig, SearchSpace, SweepConfig
+from harness.config import LOG_UNIFORM, RunConfig, SearchSpace, SweepConfig
 from harness.evaluate import evaluate_heldout
+from harness.faults import kill_point
 from harness.memory import release_trial_memory
 from harness.model import resolve_device
 from harness.records import (
@@ -57,14 +63,14 @@ from harness.records import (
     read_record,
     write_record,
 )
+from harness.redact import redact, redact_all
 from harness.selection import rank_key
 from harness.sweep_storage import (
-    check_storage_for_workers,
     counted,
-    done,
     load_study,
-    recover_dead_trials,
-    study_lock,
+    next_trial,
+    single_worker_lock,
+    sync_trial_records,
 )
 from harness.tracking import Tracker, TrialSteps
 
@@ -73,8 +79,27 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 # We drive heartbeats ourselves around each trial (ask/tell), which Optuna warns about for RDB storages.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
-# Search-space fields that are continuous ([low, high], log-uniform) for the TPE and random samplers.
-LOG_UNIFORM = {"sft_learning_rate", "dpo_learning_rate"}
+# A full disk or a read-only directory: stop the sweep rather than fail every trial that follows.
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES}
+DISK_MESSAGES = ("No space left on device", "Read-only file system", "Disk quota exceeded",
+                 "database or disk is full", "readonly database", "StorageFull")
+
+
+class DiskError(RuntimeError):
+    """The sweeps directory or the study's storage cannot be written; the study and finished trials are intact."""
+
+
+def disk_error(err: BaseException) -> bool:
+    """Whether `err` (or what caused it) is a full or read-only disk, however a library wrapped it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+            return True
+        if any(message in str(err) for message in DISK_MESSAGES):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 @dataclass
@@ -90,7 +115,10 @@ class SweepSummary:
     failures: list[str]
 
 
-def run_sweep(cfg: RunConfig) -> SweepSummary:
+def run_sweep(cfg: RunConfig, overrides: Sequence[str] | None = None) -> SweepSummary:
+    """`overrides`: the Hydra task overrides `cfg` was composed with (HydraConfig's overrides.task); each trial
+    records them, with the sweep's settings and its params, as the command that re-runs it alone. None: the
+    trials record every setting that differs from the default composition instead (harness.reproduce)."""
     from harness.run import prepare_inputs
 
     sweep = cfg.sweep
@@ -98,10 +126,7 @@ def run_sweep(cfg: RunConfig) -> SweepSummary:
     started = time.perf_counter()
     sweep_dir = Path(sweep.sweeps_dir) / sweep.name
     storage_url = sweep.storage or f"sqlite:///{sweep_dir / 'study.db'}"
-    check_storage_for_workers(storage_url, sweep.workers)
-    space = search_space(sweep.space)
-    if not space:
-        raise ValueError(f"sweep.space of sweep {sweep.name!r} is empty: name at least one parameter to vary")
+    space = search_space(sweep.space)  # its shape was checked when the config was composed (SweepConfig)
     if sweep.servable_ranks_only:
         from harness.serving import check_servable_ranks
 
@@ -111,38 +136,43 @@ def run_sweep(cfg: RunConfig) -> SweepSummary:
     # 1. Validate every input once (eval set hash, data, chat template, leakage) before any trial.
     inputs = prepare_inputs(cfg)
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with single_worker_lock(storage_url, sweep_dir):
+            return _sweep(cfg, sweep_dir, storage_url, space, inputs, started, overrides)
+    except Exception as err:
+        if disk_error(err):
+            raise DiskError(
+                f"cannot write the sweep ({err}). The study and every finished trial are intact: free space or make "
+                f"{sweep_dir} writable, then rerun the same command to continue."
+            ) from err
+        raise
 
-    # 2. Create or join the study; grid configurations are enqueued exactly once.
-    study = load_study(sweep, storage_url, space, sweep_dir)
+
+def _sweep(cfg, sweep_dir, storage_url, space, inputs, started, overrides) -> SweepSummary:
+    sweep = cfg.sweep
+    # 2. Create or join the study (refused if its space, objective or eval set changed); a grid is enqueued once.
+    identity = {"space": space, "objective": sweep.objective, "eval_set": inputs.eval_set_hash}
+    study = load_study(sweep, storage_url, space, sweep_dir, identity)
     n_trials = _target_trials(sweep, space)
     _write_sweep_json(cfg, sweep_dir, storage_url, space, inputs.eval_set_hash, n_trials, started_at=_now())
 
-    # 3. Trials, until the study holds n_trials finished or running ones.
+    # 3. Trials, until the study holds n_trials finished or running ones. Each ask first recovers dead workers.
     progress = tqdm(total=n_trials, desc=f"sweep {sweep.name}", unit="trial")
     tracker = Tracker(sweep, sweep_dir)
+    outcome = _outcome_reader(sweep.objective)
     try:
-        while True:
-            recover_dead_trials(study)
-            with study_lock(sweep_dir, study):
-                if done(study, n_trials):
-                    break
-                trial = study.ask()
-            if sweep.sampler == "grid" and "fixed_params" not in study._storage.get_trial_system_attrs(trial._trial_id):
-                # Another machine popped the last queued configuration between our check and our ask.
-                study._storage.set_trial_user_attr(trial._trial_id, "surplus", True)
-                study.tell(trial, state=TrialState.FAIL)
-                break
+        while (trial := next_trial(study, sweep, sweep_dir, n_trials, outcome)) is not None:
             progress.n = counted(study)
             progress.refresh()
-            _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker)
+            _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, overrides)
     finally:
         progress.n = counted(study)
         progress.close()
         tracker.close()
 
     # 4. Summary, best pointer, the trials table and the comparison report.
-    summary = _finish(cfg, study, sweep_dir, storage_url, space, inputs.eval_set_hash, n_trials, started)
-    return summary
+    sync_trial_records(study)
+    return _finish(cfg, study, sweep_dir, storage_url, space, inputs.eval_set_hash, n_trials, started)
 
 
 def search_space(space: SearchSpace) -> dict[str, list]:
@@ -179,13 +209,6 @@ def apply_params(cfg: RunConfig, params: dict) -> RunConfig:
     return OmegaConf.to_object(conf)
 
 
-def trial_command(cfg: RunConfig, params: dict) -> str:
-    """The command that re-runs one trial alone."""
-    parts = [f"{key}={value}" for key, value in trial_settings(cfg, params).items()]
-    base_args = [a for a in sys.argv[1:] if not a.startswith("+sweep=") and not a.startswith("sweep.")]
-    return " ".join(["python -m harness", *base_args, *parts])
-
-
 # ---------------------------------------------------------------------------------------------------------
 # One trial
 
@@ -211,7 +234,8 @@ class _PruningCallback(TrialSteps):
             raise optuna.TrialPruned(f"held-out subset score {score:.3f} at step {step}")
 
 
-def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
+def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, task_overrides) -> None:
+    from harness.reproduce import trial_command, trial_overrides, verify_overrides
     from harness.run import run_experiment
 
     sweep = cfg.sweep
@@ -219,13 +243,16 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
     trial_dir = sweep_dir / "trials" / f"{trial.number:03d}"
     trial_dir.mkdir(parents=True, exist_ok=True)
     retry_of = trial.user_attrs.get("retry_of")
-    for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "trial_dir": str(trial_dir)}.items():
-        trial.set_user_attr(key, value)
+    if retry_of is None:  # Optuna's heartbeat retry names the failed trial in a system attribute
+        retry_of = study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+    overrides = [redact(o) for o in trial_overrides(cfg, params, task_overrides)]
     record = TrialRecord(
-        number=trial.number, state="RUNNING", params=params, command=trial_command(cfg, params),
+        number=trial.number, state="RUNNING", params=params, command=trial_command(overrides), overrides=overrides,
         trial_dir=str(trial_dir), host=socket.gethostname(), pid=os.getpid(), started_at=_now(), retry_of=retry_of,
     )
     write_record(trial_dir / "trial.json", record)
+    trial.set_user_attr("trial_dir", str(trial_dir))  # the owner (next_trial) and trial.json are recorded
+    kill_point("after_pid")
     started = time.perf_counter()
     callbacks = [tracker.trial_callback(trial.number, params)]
     if sweep.pruner != "none":
@@ -236,17 +263,21 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
     heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
     try:
         trial_cfg = apply_params(cfg, params)
+        verify_overrides(overrides, trial_cfg)  # the recorded command rebuilds exactly this config
         with heartbeat:
             results = run_experiment(trial_cfg, trial_dir, inputs, callbacks=callbacks, progress=False)
-        values = _objective_values(results, sweep.objective)
-        constraints = [-d.delta - d.max_regression for d in results.final.regression_delta.values()]
-        trial.set_user_attr("constraints", constraints)
+        kill_point("after_results")
+        values, constraints = _outcome(results, sweep.objective)
+        for name, value in constraints.items():
+            trial.set_constraint(name, value)
         trial.set_user_attr("heldout_score", results.final.heldout.score)
-        record.feasible = all(c <= 0 for c in constraints)
+        record.feasible = all(c <= 0 for c in constraints.values())
         state = TrialState.COMPLETE
     except optuna.TrialPruned as pruned:
         state, reason = TrialState.PRUNED, str(pruned)
-    except Exception as err:  # noqa: BLE001 - failure isolation: any trial error is recorded, the sweep goes on
+    except Exception as err:
+        if disk_error(err):
+            raise  # not this trial's fault: it stays RUNNING, and the rerun retries it (its worker is gone)
         reason = f"{type(err).__name__}: {err}"
         log.exception("trial %d failed", trial.number)
     # The trial's model, trainer and optimizer are unreachable now (failed and pruned trials included): free
@@ -255,10 +286,12 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker) -> None:
     if reason:
         trial.set_user_attr("fail_reason", reason)
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+    kill_point("after_tell")
     record.state, record.values, record.fail_reason = state.name, values, reason
     record.finished_at, record.duration_s = _now(), time.perf_counter() - started
-    write_record(trial_dir / "trial.json", record)
     tracker.end_trial(state.name, values)
+    kill_point("before_trial_json")
+    write_record(trial_dir / "trial.json", record)
     scores = " ".join(f"{v:.3f}" for v in values) if values else "-"
     tqdm.write(f"trial {trial.number:3d} {state.name:<8} {json.dumps(params)} score {scores} "
                f"{record.duration_s:.0f}s{' - ' + reason if reason else ''}")
@@ -281,6 +314,21 @@ def _objective_values(results: RunResults, objective: str) -> list[float]:
     if objective == "multi":
         return [heldout, results.final.worst_regression]
     return [heldout]
+
+
+def _outcome(results: RunResults, objective: str) -> tuple[list[float], dict[str, float]]:
+    """A finished trial's objective values and its constraints (regression drop beyond its limit, <= 0 is
+    feasible), by benchmark."""
+    constraints = {name: -d.delta - d.max_regression for name, d in results.final.regression_delta.items()}
+    return _objective_values(results, objective), constraints
+
+
+def _outcome_reader(objective: str):
+    """What a dead worker's trial finished with, read from its results.json (None if it never wrote one)."""
+    def outcome(trial_dir: Path):
+        path = trial_dir / "results.json"
+        return _outcome(read_record(RunResults, path), objective) if path.is_file() else None
+    return outcome
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -308,18 +356,18 @@ def _write_sweep_json(cfg, sweep_dir, storage_url, space, eval_set_hash, n_trial
     record = SweepRecord(
         name=sweep.name,
         question=sweep.question,
-        command=" ".join(["python -m harness", *sys.argv[1:]]),
-        storage=storage_url,
+        command=redact(" ".join(["python -m harness", *sys.argv[1:]])),
+        storage=redact(storage_url),
         sampler=sweep.sampler,
         pruner=sweep.pruner,
         objective=sweep.objective,
         n_trials=n_trials,
         space=space,
         eval_set=eval_set or EvalSetIdentity(name=cfg.eval.name, hash=eval_set_hash, n=None,
-                                             min_score=cfg.eval.min_score),
+                                             min_score=cfg.eval.min_score, split=cfg.eval.split),
         model=model or ModelIdentity(id=cfg.model.name_or_path, hash=None, quantized=cfg.quant.method == "nf4"),
         price_per_gpu_hour=sweep.price_per_gpu_hour,
-        config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+        config=redact_all(OmegaConf.to_container(OmegaConf.structured(cfg))),
         started_at=previous.started_at if previous else started_at,
         servable_ranks_only=sweep.servable_ranks_only,
         finished_at=finished_at,
@@ -351,6 +399,7 @@ def _finish(cfg, study, sweep_dir, storage_url, space, eval_set_hash, n_trials, 
     _write_sweep_json(cfg, sweep_dir, storage_url, space, eval_set_hash, n_trials, started_at=_now(),
                       finished_at=_now(), wall_time_s=wall, **identities)
     _write_trials_table(records, sweep_dir)
+    verdicts = _judge_on_reporting_split(cfg, sweep_dir, records)
     failures = [f"trial {r.number}: {r.fail_reason}" for r in records if r.state == "FAIL"]
     summary = SweepSummary(
         name=cfg.sweep.name, sweep_dir=sweep_dir,
@@ -365,9 +414,29 @@ def _finish(cfg, study, sweep_dir, storage_url, space, eval_set_hash, n_trials, 
     for failure in failures:
         print(f"  FAILED {failure}")
     if best:
-        print(f"best: trial {best.number} {json.dumps(best.params)} held-out {best.score:.3f} -> {best.adapter}")
+        print(f"best: trial {best.number} {json.dumps(best.params)} selection split {best.score:.3f} -> {best.adapter}")
+    if verdicts:
+        for score in verdicts.scores:
+            print(f"  trial {score.number}: selection {score.selection.score:.3f}, reporting {score.reporting.score:.3f} "
+                  f"[{score.reporting.ci_low:.3f}, {score.reporting.ci_high:.3f}] (optimism gap "
+                  f"{score.optimism_gap:+.3f})")
+        for verdict in verdicts.verdicts:
+            print(f"  {verdict.question}: {verdict.state}")
+        print(f"recommended: trial {verdicts.recommended}")
     _write_report(sweep_dir)
     return summary
+
+
+def _judge_on_reporting_split(cfg, sweep_dir: Path, records: list[TrialRecord]):
+    """Score the chosen trials on the reporting split and write verdicts.json (harness.reporting)."""
+    from harness.reporting import judge_on_reporting_split
+
+    try:
+        return judge_on_reporting_split(sweep_dir, records, cfg.eval.equivalence_margin)
+    except Exception as err:  # the trials stand even if the reporting evaluation fails
+        log.exception("could not score the chosen trials on the reporting split")
+        print(f"reporting split: FAILED ({type(err).__name__}: {err}); no verdicts.json")
+        return None
 
 
 def best_trial(records: list[TrialRecord]) -> BestTrial | None:
@@ -413,7 +482,7 @@ def _write_report(sweep_dir: Path) -> None:
     try:
         path = write_report([sweep_dir])
         print(f"report: {path}")
-    except Exception as err:  # noqa: BLE001 - the sweep's results stand even if the report cannot be drawn
+    except Exception as err:
         log.exception("could not write the comparison report: %s", err)
 
 

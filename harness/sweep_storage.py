@@ -1,13 +1,23 @@
-"""The Optuna study behind a sweep: its storage, creating or joining it, locks between workers, recovery.
+"""The Optuna study behind a sweep: its storage, joining it, locks between workers, liveness and recovery.
 
 harness.sweep drives the trial loop; everything that touches the study's storage is here:
 
-    check_storage_for_workers(storage_url, sweep.workers)    # refuses SQLite for several workers
-    study = load_study(sweep, storage_url, space, sweep_dir)  # create or join; a grid is enqueued once
-    recover_dead_trials(study)                                # FAIL and retry trials of dead local workers
-    with study_lock(sweep_dir, study):                        # one worker at a time asks for a trial
-        if not done(study, n_trials):
-            trial = study.ask()
+    with single_worker_lock(storage_url, sweep_dir):                  # SQLite: refuses a second worker
+        study = load_study(sweep, storage_url, space, sweep_dir, identity)  # refuses a changed space/eval
+        trial = next_trial(study, sweep, sweep_dir, n_trials, outcome)  # recover, then ask; None when done
+
+Every step is safe to kill -9 at any point (tests/test_faults.py kills at each harness.faults point):
+- the grid is enqueued under a lock, only the configurations not yet in the study, so an interrupted enqueue is
+  completed by the rerun, not repeated;
+- a trial's owner is recorded under the same lock as its `ask`: a RUNNING trial without an owner belongs to a
+  process that died in between;
+- an owner is host + boot id + pid namespace + pid + the process's start time, so a reused pid or a pid from
+  another container is never taken for the worker. An owner on this machine is checked at once; one elsewhere
+  through Optuna's heartbeat (RDB storages; journal files are for one machine);
+- a dead owner's trial that had written results.json is completed from it (finished work is kept); otherwise it
+  is FAIL and its configuration retried once;
+- trial.json files are brought in line with the study (a kill between `tell` and the rewrite, heartbeat
+  failures).
 
 Locks: a file lock for the processes of one machine, plus a database lock (PostgreSQL advisory lock, MySQL
 GET_LOCK) for workers on several machines sharing one database.
@@ -18,9 +28,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import json
 import logging
 import os
 import socket
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,18 +41,33 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from harness.config import SweepConfig
-from harness.records import TrialRecord, read_record, write_record
+from harness.faults import kill_point
+from harness.records import IntermediateScore, TrialRecord, read_record, write_record
+from harness.redact import redact
+
+# What a dead trial left: (objective values, constraints by name) read from its results.json, or None.
+Outcome = Callable[[Path], tuple[list[float], dict[str, float]] | None]
 
 log = logging.getLogger(__name__)
 
 
-def check_storage_for_workers(storage_url: str, workers: int) -> None:
-    if storage_url.startswith("sqlite") and workers > 1:
-        raise ValueError(
-            f"sweep.workers={workers} with SQLite storage ({storage_url}): SQLite is for one worker. For several "
-            "processes on one machine use sweep.storage=journal:///path/to/study.log; for several machines a "
-            "PostgreSQL URL (postgresql://user:pass@host/db)."
-        )
+@contextlib.contextmanager
+def single_worker_lock(storage_url: str, sweep_dir: Path):
+    """SQLite is for one worker: a second process on the same sweep is refused, naming the storages that work."""
+    if not storage_url.startswith("sqlite"):
+        yield
+        return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / ".sqlite-worker.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another worker is running sweep {sweep_dir.name!r} on SQLite storage ({storage_url}): SQLite is "
+                "for one worker. For several processes on one machine use sweep.storage=journal:///path/study.log; "
+                "for several machines a PostgreSQL URL; then run the same command once per worker."
+            ) from None
+        yield
 
 
 def make_storage(storage_url: str, sweep: SweepConfig):
@@ -78,17 +105,13 @@ def _schema_lock(storage_url: str):
         engine.dispose()
 
 
-def _make_sampler(sweep: SweepConfig, space: dict[str, list]):
-    if sweep.sampler == "grid":
-        # Every grid configuration is enqueued up front (see load_study) and trials only pop the queue, so no
+def _make_sampler(sweep: SweepConfig, seed: int):
+    if sweep.sampler in ("grid", "random"):
+        # Grid: every configuration is enqueued up front (see load_study) and trials only pop the queue, so no
         # sampling happens; Optuna's GridSampler would also reject enqueued trials when they are pruned.
-        return optuna.samplers.RandomSampler(seed=sweep.seed)
-    if sweep.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=sweep.seed)
-    if sweep.sampler == "tpe":
-        constraints = None if sweep.objective == "multi" else (lambda t: t.user_attrs.get("constraints", [0.0]))
-        return optuna.samplers.TPESampler(seed=sweep.seed, constraints_func=constraints)
-    raise ValueError(f"sweep.sampler={sweep.sampler!r}: expected grid, tpe or random")
+        return optuna.samplers.RandomSampler(seed=seed)
+    # Regression limits reach TPE as trial.set_constraint() values (harness.sweep._run_trial).
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=sweep.startup_trials())
 
 
 def _make_pruner(sweep: SweepConfig):
@@ -104,33 +127,83 @@ def _make_pruner(sweep: SweepConfig):
     return pruners[sweep.pruner]()
 
 
-def load_study(sweep: SweepConfig, storage_url: str, space: dict[str, list], sweep_dir: Path):
+def load_study(sweep: SweepConfig, storage_url: str, space: dict[str, list], sweep_dir: Path, identity: dict):
+    """Create or join the study. `identity` (search space, objective, eval set) must match a resumed study's."""
     directions = ("maximize", "minimize") if sweep.objective == "multi" else ("maximize",)
     study = optuna.create_study(
         study_name=sweep.name,
         storage=make_storage(storage_url, sweep),
-        sampler=_make_sampler(sweep, space),
+        sampler=_make_sampler(sweep, sweep.seed),
         pruner=_make_pruner(sweep),
         directions=directions,
         load_if_exists=True,
     )
     # Workers on other machines may start at the same moment: the lock spans the database, not just this host.
     with study_lock(sweep_dir, study):
+        _check_identity(study, json.loads(json.dumps(identity)), storage_url)
         if sweep.sampler == "grid" and not study.user_attrs.get("grid_enqueued"):
+            # Only what is not in the study yet: a worker killed half-way through leaves the rest to its rerun.
+            queued = {json.dumps(t.system_attrs.get("fixed_params"), sort_keys=True)
+                      for t in study.get_trials(deepcopy=False)}
             names = list(space)
             for combination in list(itertools.product(*space.values()))[: sweep.n_trials or None]:
-                study.enqueue_trial(dict(zip(names, combination)))
+                params = dict(zip(names, combination))
+                if json.dumps(params, sort_keys=True) not in queued:
+                    study.enqueue_trial(params)
+                    kill_point("during_enqueue")
             study.set_user_attr("grid_enqueued", True)
     return study
 
 
+def _check_identity(study, identity: dict, storage_url: str) -> None:
+    stored = study.user_attrs.get("harness_identity")
+    if stored is None:
+        study.set_user_attr("harness_identity", identity)
+        return
+    changed = [key for key in identity if stored.get(key) != identity[key]]
+    if changed:
+        details = "; ".join(f"{key}: study has {stored.get(key)!r}, this command {identity[key]!r}" for key in changed)
+        raise ValueError(
+            f"sweep {study.study_name!r}: the study in {redact(storage_url)} was run with a different "
+            f"{' and '.join(changed)} ({details}). Its trials would not be comparable with new ones: use a new "
+            "sweep.name, or move the old study and its sweep directory away."
+        )
+
+
+def next_trial(study, sweep: SweepConfig, sweep_dir: Path, n_trials: int, outcome: Outcome):
+    """Recover dead workers' trials, then ask for the next trial and record its owner; None when the study is done.
+
+    Trial n samples with seed sweep.seed + n: one worker reproduces its sweep, and workers never share a seed.
+    """
+    with study_lock(sweep_dir, study):
+        recover_dead_trials(study, outcome)
+        sync_trial_records(study)
+        if done(study, n_trials):
+            return None
+        seed = sweep.seed + len(study.get_trials(deepcopy=False))
+        study.sampler = _make_sampler(sweep, seed)
+        trial = study.ask()
+        kill_point("after_ask")
+        for key, value in {**owner_attrs(), "sampler_seed": seed}.items():
+            trial.set_user_attr(key, value)
+    if sweep.sampler == "grid" and "fixed_params" not in study._storage.get_trial_system_attrs(trial._trial_id):
+        # Another machine popped the last queued configuration between our check and our ask.
+        study._storage.set_trial_user_attr(trial._trial_id, "surplus", True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    return trial
+
+
 def counted(study) -> int:
-    """Trials that count towards n_trials: finished or running, except failures that are being retried."""
+    """Trials that count towards n_trials: finished or running, except failures whose configuration is retried
+    (by recovery here, `retry_of`, or by Optuna's heartbeat, `failed_trial`) and surplus asks."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials} | {t.system_attrs.get("failed_trial") for t in trials}
     return sum(
         1
-        for t in study.get_trials(deepcopy=False)
+        for t in trials
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        or (t.state == TrialState.FAIL and not t.user_attrs.get("retried") and not t.user_attrs.get("surplus"))
+        or (t.state == TrialState.FAIL and t.number not in retried and not t.user_attrs.get("surplus"))
     )
 
 
@@ -139,46 +212,124 @@ def done(study, n_trials: int) -> bool:
     return not waiting and counted(study) >= n_trials
 
 
-def recover_dead_trials(study) -> None:
-    """Trials left RUNNING by a dead process on this machine: FAIL them and retry their configuration once.
+def recover_dead_trials(study, outcome: Outcome) -> None:
+    """Trials left RUNNING by a dead worker: complete them from their results.json, or FAIL and retry them once.
 
-    Trials of other machines are failed (and retried once) by Optuna's heartbeat on RDB storages.
+    Called under study_lock, which `ask` and the owner's recording share: a RUNNING trial with no owner is dead.
     """
-    fail_stale_trials(study)
-    host = socket.gethostname()
+    fail_stale_trials(study)  # RDB storages: trials whose heartbeat stopped, on any machine
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = trial.user_attrs.get("pid")
-        if trial.user_attrs.get("host") != host or pid is None or _pid_alive(pid):
+        owner = trial.user_attrs
+        if owner_state(owner) != "dead":
             continue
-        retry = trial.user_attrs.get("retry_of") is None
+        trial_dir = owner.get("trial_dir")
+        finished = outcome(Path(trial_dir)) if trial_dir else None
         try:
-            # Attributes first: a finished trial can no longer be annotated.
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker process {pid} died")
-            study._storage.set_trial_user_attr(trial._trial_id, "retried", retry)
-            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            if finished:
+                _complete_from_results(study, trial, *finished)
+                log.warning("trial %d: its worker died after writing results.json; completed from it", trial.number)
                 continue
+            when = "before it recorded the trial" if "pid" not in owner else ""
+            _fail_and_retry(study, trial, f"worker process {owner.get('pid', '?')} died {when}".strip())
         except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker recovered it first
-        _update_trial_json(trial, state="FAIL", fail_reason=f"worker process {pid} died")
-        if retry:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-            log.warning("trial %d was left running by dead process %s: retrying its configuration once",
-                        trial.number, pid)
+            continue  # another worker recovered it first (or its heartbeat expired meanwhile)
 
 
-def _update_trial_json(trial, state: str, fail_reason: str) -> None:
-    trial_dir = trial.user_attrs.get("trial_dir")
-    path = Path(trial_dir) / "trial.json" if trial_dir else None
-    if path and path.is_file():
+def _complete_from_results(study, trial, values: list[float], constraints: dict[str, float]) -> None:
+    alive = optuna.trial.Trial(study, trial._trial_id)
+    for name, value in constraints.items():
+        alive.set_constraint(name, value)
+    study._storage.set_trial_user_attr(trial._trial_id, "recovered_from", "results.json")
+    study._storage.set_trial_state_values(trial._trial_id, state=TrialState.COMPLETE, values=values)
+
+
+def _fail_and_retry(study, trial, reason: str) -> None:
+    retry = trial.user_attrs.get("retry_of") is None
+    # Attributes first: a finished trial can no longer be annotated.
+    study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    study._storage.set_trial_user_attr(trial._trial_id, "retried", retry)
+    if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+        return
+    if retry:
+        # A trial killed before it sampled has no params yet; a grid trial's configuration is its fixed_params.
+        params = trial.system_attrs.get("fixed_params") or trial.params
+        study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
+        log.warning("trial %d: %s; retrying its configuration once", trial.number, reason)
+
+
+def sync_trial_records(study) -> None:
+    """Bring every finished trial's trial.json in line with the study (a worker killed after `tell`, a trial
+    failed by a heartbeat or completed by recovery): the study is the truth, trial.json its copy."""
+    for trial in study.get_trials(deepcopy=False):
+        trial_dir = trial.user_attrs.get("trial_dir")
+        path = Path(trial_dir) / "trial.json" if trial_dir else None
+        if not trial.state.is_finished() or path is None or not path.is_file():
+            continue
         record = read_record(TrialRecord, path)
-        record.state, record.fail_reason, record.finished_at = state, fail_reason, _now()
+        if record.state == trial.state.name:
+            continue
+        complete = trial.state == TrialState.COMPLETE
+        record.state = trial.state.name
+        record.values = list(trial.values) if complete else None
+        record.feasible = all(v <= 0 for v in trial.constraints.values()) if complete else None
+        record.fail_reason = None if complete else trial.user_attrs.get(
+            "fail_reason", "no heartbeat within sweep.grace_period: its worker died")
+        record.intermediate = [IntermediateScore(step=step, score=score)
+                               for step, score in sorted(trial.intermediate_values.items())]
+        finished = trial.datetime_complete or datetime.now()
+        record.finished_at = finished.astimezone(timezone.utc).isoformat(timespec="seconds")
+        if trial.datetime_start:
+            record.duration_s = (finished - trial.datetime_start).total_seconds()
         write_record(path, record)
 
 
-def _pid_alive(pid: int) -> bool:
+# ---------------------------------------------------------------------------------------------------------
+# Liveness: who owns a RUNNING trial, and is that process still the one that asked for it
+
+
+def owner_attrs() -> dict:
+    """This process as a trial's owner: a pid means nothing without its host, boot, pid namespace and start."""
+    return {"host": socket.gethostname(), "boot_id": _boot_id(), "pid_ns": _pid_namespace(), "pid": os.getpid(),
+            "pid_start": _process_start(os.getpid())}
+
+
+def owner_state(attrs: dict) -> str:
+    """"dead", "alive", or "unknown" (another machine, boot or container: left to the storage's heartbeat)."""
+    if "pid" not in attrs:
+        return "dead"  # asked, owner never recorded: the asker held study_lock until it would have been
+    mine = owner_attrs()
+    if any(attrs.get(key) != mine[key] for key in ("host", "boot_id", "pid_ns")):
+        return "unknown"
+    if attrs.get("pid_start") is None:  # no /proc here (or an owner recorded by an older harness)
+        return "alive" if _pid_alive(attrs.get("pid")) else "dead"
+    return "alive" if _process_start(attrs.get("pid")) == attrs.get("pid_start") else "dead"
+
+
+def _boot_id() -> str:
+    with contextlib.suppress(OSError):
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return ""
+
+
+def _pid_namespace() -> str:
+    with contextlib.suppress(OSError):
+        return os.readlink("/proc/self/ns/pid")
+    return ""
+
+
+def _process_start(pid) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22); None if it is gone."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pid_alive(pid) -> bool:
     try:
         os.kill(int(pid), 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, TypeError, ValueError):
         return False
     except PermissionError:
         return True
@@ -225,7 +376,3 @@ def _advisory_lock(engine, key: str):
             yield
         finally:
             connection.execute(sqlalchemy.text(unlock), {"key": key})
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

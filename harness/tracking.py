@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from harness.config import SweepConfig
+from harness.faults import kill_point
 
 
 class TrialSteps(TrainerCallback):
@@ -67,6 +68,9 @@ class Tracker:
         tracker = self
 
         class LogToTracker(TrialSteps):
+            def on_step_end(self, args, state, control, **kwargs):
+                kill_point("mid_training")
+
             def on_log(self, args, state, control, logs=None, **kwargs):
                 metrics = {k.replace("/", "_"): float(v) for k, v in (logs or {}).items()
                            if isinstance(v, (int, float))}

@@ -12,6 +12,7 @@ curve.
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -21,23 +22,46 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from harness.artifacts import write_jsonl_atomic
+from harness.records import TrainingStats
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class StageResult:
-    """What one training stage measured."""
+class StageResult(TrainingStats):
+    """What one training stage measured (the record's TrainingStats), with every logged step."""
 
-    stage: str
-    steps: int
-    train_runtime_s: float
-    tokens_seen: int  # non-padding tokens through the model
-    tokens_per_s: float
-    first_loss: float
-    final_loss: float
-    peak_memory_mb: float
     loss_log: list[dict] = field(default_factory=list)
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """A training stage produced a NaN or infinite loss, gradient norm or adapter weight; nothing is saved."""
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stops training at the first non-finite loss, gradient norm or trainable weight, naming the stage and step.
+
+    transformers' `logging_nan_inf_filter` (on by default) replaces a NaN step loss by the running mean, so a
+    diverged run would log plausible losses and save a broken adapter; trainer_arguments turns it off and this
+    callback turns what is then logged into an error.
+    """
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise NonFiniteTrainingError(f"{self.stage}: non-finite {key} ({value}) at step {state.global_step}")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            return
+        for name, param in model.named_parameters():
+            if param.requires_grad and not bool(torch.isfinite(param).all()):
+                raise NonFiniteTrainingError(
+                    f"{self.stage}: non-finite weight {name} after step {state.global_step}")
 
 
 class LossLogger(TrainerCallback):
@@ -60,6 +84,11 @@ class LossLogger(TrainerCallback):
 
 def build_trainer(trainer_class, model, tokenizer, args, dataset, callbacks: list[TrainerCallback], progress: bool):
     """A trl trainer for one stage, quiet when the progress bar is off."""
+    # The guard goes right after the loss logger: a NaN step is written to loss.jsonl, then stops the stage
+    # before any later callback (a pruning evaluation) runs on broken weights.
+    loggers = [c for c in callbacks if isinstance(c, LossLogger)]
+    guard = NonFiniteGuard(loggers[0].stage if loggers else "train")
+    callbacks = [*loggers, guard, *(c for c in callbacks if not isinstance(c, LossLogger))]
     trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                             callbacks=callbacks)
     if not progress:
@@ -79,6 +108,7 @@ def trainer_arguments(stage, seed: int, device: str, compute_dtype: torch.dtype,
         warmup_steps=stage.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
         lr_scheduler_type=stage.scheduler,
         logging_steps=stage.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss must be seen (NonFiniteGuard), not averaged away
         seed=seed,
         data_seed=seed,
         # trl defaults to bf16 and gradient checkpointing; both are wrong for CPU, so set them explicitly.
@@ -105,7 +135,7 @@ def run_stage(trainer, stage: str, loss_logger: LossLogger, device: str) -> Stag
     tokens = int(trainer.state.num_input_tokens_seen)
     losses = [row["loss"] for row in loss_logger.stage_rows if "loss" in row]
     if losses and not all(torch.isfinite(torch.tensor(losses))):
-        raise FloatingPointError(f"{stage}: non-finite training loss {losses[-5:]}")
+        raise NonFiniteTrainingError(f"{stage}: non-finite training loss {losses[-5:]}")
     result = StageResult(
         stage=stage,
         steps=output.global_step,

@@ -71,7 +71,7 @@ def check_report(html_path: Path, png_path: Path) -> dict:
     return {
         "screenshot": str(png_path),
         "size": [int(pixels.shape[1]), int(pixels.shape[0])],
-        "verdict_on_page": bool(re.search(r'<p class="verdict (ok|warn)">Best adapter: trial ', dom)),
+        "verdict_on_page": bool(re.search(r'<p class="verdict (ok|warn)">Best on the selection split: trial ', dom)),
         "sections_on_page": re.findall(r"<h2[^>]*>([^<]+)</h2>", dom),
         "images_on_page": dom.count('<img src="data:image/png;base64,'),
         "script_tags": dom.lower().count("<script"),

@@ -34,6 +34,9 @@ GOOD = {"messages": [USER, ASSISTANT]}
 
 
 def _jsonl(tmp_path, rows, name="train.jsonl"):
+    if name == "eval.jsonl":  # every eval row names its split; alternate so that both splits have rows
+        rows = [{**row, "split": ("selection", "reporting")[index % 2]} if isinstance(row, dict) else row
+                for index, row in enumerate(rows)]
     path = tmp_path / name
     path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows),
                     encoding="utf-8")
@@ -379,7 +382,8 @@ def test_validate_prints_the_card_and_writes_nothing(tmp_path, frozen_eval):
 
 def test_validate_bad_gold_exits_2_naming_the_line(tmp_path, frozen_eval):
     eval_path = tmp_path / "eval.jsonl"
-    eval_path.write_text(eval_path.read_text() + json.dumps({"question": "q", "answer": "many"}) + "\n")
+    eval_path.write_text(eval_path.read_text() + json.dumps({"question": "q", "answer": "many", "split": "reporting"})
+                         + "\n")
     _assert_clean_error(_cli(["validate", "model=tiny", *frozen_eval], tmp_path), f"{eval_path}:5: ")
 
 
@@ -453,3 +457,10 @@ def test_local_model_directory_must_hold_config_and_safetensors(tmp_path):
     (model_dir / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(ValueError, match=r"no \*\.safetensors weights"):
         check_model_source(cfg)
+
+
+def test_eval_rows_must_name_their_split(tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_text(json.dumps({"messages": [USER], "reference": "x", "split": "train"}) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:1: split 'train': expected one of selection, reporting"):
+        load_eval_rows(EvalConfig(data_file=str(path), graders=[GraderConfig()]))

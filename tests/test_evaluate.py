@@ -34,7 +34,8 @@ from tests.conftest import TINY_OVERRIDES, make_config
 @pytest.fixture
 def eval_copy(tmp_path) -> EvalConfig:
     """The default eval set's first rows, copied and frozen in a temp dir."""
-    rows = (REPO_ROOT / "evals/json_extract/heldout.jsonl").read_text().splitlines()[:12]
+    rows = (REPO_ROOT / "evals/json_extract/heldout.jsonl").read_text().splitlines()
+    rows = rows[:6] + rows[-6:]  # selection rows, then reporting rows
     data = tmp_path / "heldout.jsonl"
     data.write_text("\n".join(rows) + "\n")
     cfg = EvalConfig(name="copy", data_file=str(data), manifest=str(tmp_path / "manifest.json"))
@@ -44,8 +45,33 @@ def eval_copy(tmp_path) -> EvalConfig:
 
 def test_shipped_eval_set_matches_its_manifest():
     cfg = make_config()
-    assert len(verify_frozen(cfg.eval)) == 16
-    assert len(load_heldout(cfg.eval)) >= 200
+    assert verify_frozen(cfg.eval).endswith("-selection") and len(verify_frozen(cfg.eval)) == 16 + len("-selection")
+    assert len(load_heldout(cfg.eval)) == 100
+    reporting = load_heldout(replace(cfg.eval, split="reporting"))
+    assert len(reporting) == 160
+    assert not {e.source for e in reporting} & {e.source for e in load_heldout(cfg.eval)}
+
+
+def test_each_split_has_its_own_identity_and_moving_a_row_changes_the_hash(eval_copy):
+    selection, reporting = verify_frozen(eval_copy), verify_frozen(replace(eval_copy, split="reporting"))
+    assert selection.rsplit("-", 1) == [reporting.rsplit("-", 1)[0], "selection"] and reporting.endswith("-reporting")
+    path = Path(eval_copy.data_file)
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0].replace('"split": "selection"', '"split": "reporting"')
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(EvalSetChangedError, match="changed: data_sha256, splits"):
+        verify_frozen(eval_copy)
+
+
+def test_heldout_row_without_a_split_names_the_line(tmp_path):
+    path = tmp_path / "h.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}], "reference": "y"}) + "\n")
+    with pytest.raises(DataError, match=r"h\.jsonl:1: missing field 'split'"):
+        load_heldout(EvalConfig(data_file=str(path)))
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}], "reference": "y",
+                                "split": "selection"}) + "\n")
+    with pytest.raises(DataError, match="has no reporting rows"):  # "y" is an exact_match gold, not json_fields'
+        load_heldout(EvalConfig(data_file=str(path), graders=[GraderConfig(type="exact_match")]))
 
 
 def test_changed_eval_file_is_refused_until_refrozen(eval_copy):
@@ -109,7 +135,8 @@ def test_default_training_data_does_not_leak_into_the_heldout_set():
     from harness.run import prepare_inputs
 
     inputs = prepare_inputs(make_config(["model=tiny"]))
-    assert inputs.leakage.n_heldout >= 200 and inputs.leakage.exact_overlaps == inputs.leakage.ngram_overlaps == 0
+    # Both splits are checked, whichever one the run scores.
+    assert inputs.leakage.n_heldout == 260 and inputs.leakage.exact_overlaps == inputs.leakage.ngram_overlaps == 0
 
 
 def test_grading_keeps_every_example():
@@ -222,20 +249,29 @@ def test_evalset_cli_check_exits_2_on_a_changed_set(tmp_path):
     assert "differs from its frozen manifest (changed: data_sha256;" in result.stderr
 
 
-@pytest.mark.parametrize("case", ["input_error", "sweep"])
+@pytest.mark.parametrize("case", ["input_error", "sweep", "dot_with_chdir", "sweep_with_chdir"])
 def test_cli_never_removes_a_users_files_from_the_run_dir(tmp_path, case):
+    # The run directory as an existing folder, as `.` (the directory the user is in, e.g. the checkout) with
+    # hydra.job.chdir=true, and for an input error and a whole sweep: the user's file survives every one.
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "important.txt").write_text("precious")
+    sweep = [*TINY_CLI, "+sweep=rank", "sweep.space.lora_r=[2]", "sweep.tracking=none",
+             f"sweep.sweeps_dir={tmp_path / 'sweeps'}"]
     if case == "input_error":
         result = _cli(["model=tiny", "lora.r=0", f"hydra.run.dir={victim}"], cwd=REPO_ROOT)
-        assert result.returncode == 2 and "lora.r" in result.stderr
+    elif case == "dot_with_chdir":
+        result = _cli(["model=tiny", "lora.r=0", "hydra.run.dir=.", "hydra.job.chdir=true"], cwd=victim)
+    elif case == "sweep_with_chdir":
+        result = _cli([*sweep, f"hydra.run.dir={victim}", "hydra.job.chdir=true"], cwd=REPO_ROOT)
     else:
-        result = _cli([*TINY_CLI, "+sweep=rank", "sweep.space.lora_r=[2]", "sweep.tracking=none",
-                       f"sweep.sweeps_dir={tmp_path / 'sweeps'}", f"hydra.run.dir={victim}"], cwd=REPO_ROOT)
+        result = _cli([*sweep, f"hydra.run.dir={victim}"], cwd=REPO_ROOT)
+    if case in ("input_error", "dot_with_chdir"):
+        assert result.returncode == 2 and "lora.r" in result.stderr, result.stderr[-2000:]
+    else:
         assert result.returncode == 0, result.stderr[-2000:]
     assert (victim / "important.txt").read_text() == "precious"
-    assert not (victim / ".hydra").exists()  # what Hydra wrote for the run is cleaned up
+    assert sorted(p.name for p in victim.iterdir()) == ["important.txt"]  # what Hydra wrote is cleaned up
 
 
 TINY_CLI = ["model=tiny", "quant=none", "run_regression=false", "train.sft.max_steps=2", "train.sft.batch_size=4",

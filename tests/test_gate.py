@@ -41,7 +41,9 @@ def gate_setup(tmp_path_factory) -> SimpleNamespace:
 
     root = tmp_path_factory.mktemp("gate")
     # 1. These overrides change generation settings: the committed manifest does not apply, freeze our own.
-    run_overrides = GATE_TINY + ["eval.min_score=0", f"eval.manifest={root}/json_extract_manifest.json"]
+    # The run scores the reporting split, as a gate baseline must (a sweep's chosen trial: its reporting evaluation).
+    run_overrides = GATE_TINY + ["eval.min_score=0", f"eval.manifest={root}/json_extract_manifest.json",
+                                 "eval.split=reporting"]
     run_cfg = make_config(run_overrides)
     freeze(run_cfg.eval)
     run_dir = root / "run"
@@ -53,12 +55,13 @@ def gate_setup(tmp_path_factory) -> SimpleNamespace:
     for row in results.stages["sft"].heldout.per_example:
         line_number = int(row.source.rsplit(":", 1)[1])
         messages = json.loads(lines[line_number - 1])["messages"]
-        golden_rows.append({"messages": messages, "reference": row.output})
+        golden_rows.append({"messages": messages, "reference": row.output, "split": "reporting"})
+    golden_rows += [{**r, "split": "selection"} for r in golden_rows]  # an eval set declares both splits
     (root / "golden.jsonl").write_text("".join(json.dumps(r) + "\n" for r in golden_rows), encoding="utf-8")
     golden_overrides = GATE_TINY + [
         "eval.name=golden", f"eval.data_file={root}/golden.jsonl",
         f"eval.manifest={root}/golden_manifest.json", "eval.graders=[{type:exact_match}]",
-        "eval.min_score=0.5",
+        "eval.min_score=0.5", "eval.split=reporting",
     ]
     golden_cfg = make_config(golden_overrides)
     freeze(golden_cfg.eval)
@@ -250,7 +253,8 @@ def _record(heldout: list[float], regression: dict[str, list[float]], task_versi
     cfg["eval"]["regression"] = [{"task": t, "max_regression": 0.05, "limit": None} for t in regression]
     record = {
         "format": RESULTS_FORMAT, "status": "complete", "kind": "run", "run_dir": None, "config": cfg,
-        "eval_set": {"name": "synthetic", "hash": "abc", "n": len(heldout), "min_score": 0.5},
+        "eval_set": {"name": "synthetic", "hash": "abc", "n": len(heldout), "min_score": 0.5,
+                     "split": "reporting"},
         "model": {"id": "m", "hash": "mh", "quantized": False, "compute_dtype": "torch.float32"},
         "tokenizer": {"name": "T", "vocab_size": 10, "chat_template_sha256": "t"},
         "adapter": {"path": "adapter", "hash": "ah", "r": 4, "alpha": 8.0, "target_modules": ["q_proj"]},
@@ -294,7 +298,8 @@ def test_regression_check_limit_and_significance(candidate_general, status):
     check = {c.name: c for c in report.checks}["regression/general"]
     assert check.status == status, check.message
     assert report.verdict == ("fail" if status == "fail" else "pass")
-    assert check.test == "mcnemar" and check.ci_low <= check.delta <= check.ci_high
+    # The exact conditional interval ends at -losses/n when nothing was won: equal to delta up to rounding.
+    assert check.test == "mcnemar" and check.ci_low - 1e-12 <= check.delta <= check.ci_high + 1e-12
 
 
 def test_regression_drop_beyond_limit_on_few_docs_is_a_warning_not_a_failure():
@@ -401,3 +406,33 @@ def test_regression_checks_on_a_real_lm_eval_task(gate_setup, tmp_path):
                            reevaluate=True)
     check = {c.name: c for c in report.checks}["regression/harness_general_mc"]
     assert report.verdict == "pass" and check.delta == 0.0 and check.n == 8
+
+
+def test_a_selection_split_record_cannot_become_a_baseline(gate_setup, tmp_path):
+    # A sweep chose its best on the selection split: a baseline from those scores would inherit the winner's curse.
+    from harness.run import run_experiment
+
+    overrides = [o for o in gate_setup.run_overrides if o != "eval.split=reporting"]
+    results = run_experiment(make_config(overrides), tmp_path / "selection_run", progress=False)
+    assert results.eval_set.split == "selection"
+    with pytest.raises(gate.CannotCompareError, match="reporting split only"):
+        make_baseline(results, "selection run")
+    with pytest.raises(gate.CannotCompareError, match="reporting split only"):
+        gate.check(make_config(overrides), tmp_path / "selection_run", gate_setup.golden_baseline, GateSettings())
+
+
+def test_paired_checks_are_holm_adjusted_across_benchmarks():
+    # A benchmark with 9 losses and 1 win of 100 (-0.08, beyond the 0.05 limit): exact p = 2 * 11/1024 = 0.0215.
+    # Beside the held-out check (Holm x2: 0.043) it fails; with a second equally noisy benchmark Holm multiplies
+    # the smallest p by 3 (0.064): the gate warns instead of failing on noise spread over more benchmarks.
+    base = [1.0] * 80 + [0.0] * 20
+    dropped = _drop(base, 9)
+    dropped[80] = 1.0
+    alone = compare(make_baseline(_record(HELDOUT, {"a": base}), "s"), _record(HELDOUT, {"a": dropped}),
+                    GateSettings())
+    assert {c.name: c.status for c in alone.checks}["regression/a"] == "fail"
+    both = compare(make_baseline(_record(HELDOUT, {"a": base, "b": base}), "s"),
+                   _record(HELDOUT, {"a": dropped, "b": dropped}), GateSettings())
+    statuses = {c.name: c.status for c in both.checks}
+    assert statuses["regression/a"] == statuses["regression/b"] == "warn" and both.verdict == "pass"
+    assert "Holm-adjusted 0.064" in {c.name: c for c in both.checks}["regression/a"].message

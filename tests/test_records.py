@@ -26,7 +26,7 @@ REGRESSION = {"task": "mc", "metric": "acc", "score": 0.5, "stderr": math.nan, "
 SUMMARY = {"score": 0.5, "stderr": 0.35, "ci_low": 0.09, "ci_high": 0.91, "n": 2}
 TRAINING = {"stage": "sft", "steps": 2, "train_runtime_s": 1.0, "tokens_seen": 100, "tokens_per_s": 100.0,
             "first_loss": 2.0, "final_loss": 1.0, "peak_memory_mb": 512.0}
-EVAL_SET = {"name": "json_extract", "hash": "abc-first2", "n": 2, "min_score": 0.8}
+EVAL_SET = {"name": "json_extract", "hash": "abc-selection-first2", "n": 2, "min_score": 0.8, "split": "selection"}
 MODEL = {"id": "tiny", "hash": "0123456789abcdef", "quantized": True, "compute_dtype": "torch.float32",
          "attn_implementation": "sdpa"}
 TOKENIZER = {"name": "GPT2TokenizerFast", "vocab_size": 49152, "chat_template_sha256": "feedface"}
@@ -54,11 +54,12 @@ RESULTS = {
               "worst_regression": 0.0, "regression_ok": True},
     "canary": {"max_logit_diff": 0.3, "outputs_changed": 1, "n": 2},
     "metrics": {"device": "cpu", "compute_dtype": "torch.float32", "library_versions": {"trl": "1.16.0"},
-                "seed": 0, "git_revision": "abc", "wall_time_s": 3.0, "train_runtime_s": 2.0,
+                "seed": 0, "torch_threads": 2, "reproducibility": "bit-identical on cpu", "git_revision": "abc",
+                "wall_time_s": 3.0, "train_runtime_s": 2.0,
                 "tokens_per_s": {"sft": 100.0}, "peak_memory_mb": 512.0, "stages": {"sft": TRAINING}},
 }
 TRIAL = {"format": records.TRIAL_FORMAT, "number": 3, "state": "COMPLETE", "params": {"lora_r": 8},
-         "command": "python -m harness lora.r=8", "trial_dir": "sweeps/rank/trials/003", "host": "h", "pid": 42,
+         "command": "python -m harness lora.r=8", "overrides": ["lora.r=8"], "trial_dir": "sweeps/rank/trials/003", "host": "h", "pid": 42,
          "started_at": "2026-12-01T00:00:00+00:00", "fail_reason": None,
          "intermediate": [{"step": 10, "score": 0.25}], "values": [0.5], "feasible": True, "duration_s": 12.5,
          "finished_at": "2026-12-01T00:01:00+00:00", "retry_of": None}
@@ -66,8 +67,8 @@ SWEEP = {"format": records.SWEEP_FORMAT, "name": "rank", "question": "q", "comma
          "storage": "sqlite:///s.db", "sampler": "grid", "pruner": "none", "objective": "heldout",
          "n_trials": 3, "space": {"lora_r": [4, 8]}, "eval_set": {**EVAL_SET, "n": None},
          "model": {"id": "tiny", "hash": None, "quantized": True, "compute_dtype": None, "attn_implementation": None},
-         "price_per_gpu_hour": 2.0, "config": {"seed": 0}, "started_at": "t0", "finished_at": None,
-         "wall_time_s": None}
+         "price_per_gpu_hour": 2.0, "config": {"seed": 0}, "started_at": "t0", "servable_ranks_only": True,
+         "finished_at": None, "wall_time_s": None}
 BEST = {"format": records.BEST_FORMAT, "number": 3, "trial_dir": "t/003", "adapter": "t/003/adapter",
         "params": {"lora_r": 8}, "score": 0.5, "feasible": True}
 BASELINE = {"format": records.BASELINE_FORMAT, "created_from": "run/results.json", "created_at": "t",
@@ -80,8 +81,18 @@ BASELINE = {"format": records.BASELINE_FORMAT, "created_from": "run/results.json
 CACHE = {"format": records.BASELINE_CACHE_FORMAT, "key": "k", "eval_set_hash": "abc", "model_id": "tiny",
          "model_hash": "0123", "zero_shot": HELDOUT, "prompt_baseline": HELDOUT, "regression": {"mc": REGRESSION}}
 
+VERDICT = {"question": "min_score", "state": "inconclusive", "text": "t", "method": "95% Wilson score interval",
+           "estimate": 0.8, "ci_low": 0.71, "ci_high": 0.87, "n": 100, "p_value": None, "p_adjusted": None,
+           "examples_to_decide": None}
+VERDICTS = {"format": records.VERDICTS_FORMAT, "best": 2, "recommended": 1, "reasons": ["cheaper"],
+            "scores": [{"number": 2, "results": "t/002/reporting/results.json", "selection": SUMMARY,
+                        "reporting": SUMMARY, "optimism_gap": 0.0}],
+            "verdicts": [VERDICT, {**VERDICT, "question": "best_vs_runner_up", "state": "better", "p_value": 0.01,
+                                   "p_adjusted": 0.02, "examples_to_decide": 12}],
+            "correction": "Holm", "equivalence_margin": 0.05, "alpha": 0.05}
 CASES = [(records.RunResults, RESULTS), (records.TrialRecord, TRIAL), (records.SweepRecord, SWEEP),
-         (records.BestTrial, BEST), (records.GateBaseline, BASELINE), (records.BaselineCache, CACHE)]
+         (records.BestTrial, BEST), (records.GateBaseline, BASELINE), (records.BaselineCache, CACHE),
+         (records.SweepVerdicts, VERDICTS)]
 
 
 def _same(a, b) -> bool:

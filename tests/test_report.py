@@ -238,9 +238,9 @@ def test_report_has_every_section(sweep_dir, tmp_path):
         assert f"\n## {section}\n" in markdown
     # Verdict: the best feasible trial (0, not the higher-scoring trial 1 that broke a regression limit),
     # against the base and the prompt baseline, and whether prompting alone was enough.
-    assert "Best adapter: trial #0 (lora_r=4), held-out 0.750" in page
-    assert "does NOT meet min_score 0.8" in page
-    assert "Was fine-tuning needed? " in page and "Prompting alone scores 0.250 &lt; min_score 0.8" in page
+    assert "Best on the selection split: trial #0 (lora_r=4), selection split 0.750" in page
+    assert "biased upward" in page and "No reporting-split verdicts" in page
+    assert "was fine-tuning needed? " in page and "Prompting alone scores 0.250 &lt; min_score 0.8" in page
     assert "1 of 2 completed trials exceeded a limit" in page
     assert "Eval set json_extract (hash " in page
     assert "best.json names" not in page  # it names trial 0 too
@@ -306,7 +306,7 @@ def test_best_is_the_sweeps_best_json_pick(sweep_dir, tmp_path):
     sweep = load_sweep(stale)
     assert rank_trials(sweep.trials)[0].record.number == best_trial([t.record for t in sweep.trials]).number == 1
     page = write_report([stale], tmp_path / "report").read_text(encoding="utf-8")
-    assert "Best adapter: trial #1 (lora_r=8)" in page
+    assert "Best on the selection split: trial #1 (lora_r=8)" in page
     # Its SFT and DPO stages are compared with each other (a paired row only a DPO best trial gets).
     markdown = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "| held-out | trial \\#1 after SFT | trial \\#1 after DPO | 8 |" in markdown
@@ -409,7 +409,7 @@ def test_sweeps_on_the_same_eval_set_share_one_table(sweep_dir, tmp_path):
     out = tmp_path / "both"
     page = write_report([sweep_dir, alpha], out).read_text(encoding="utf-8")
     assert "<th>sweep</th>" in page and "Sweep report: rank+alpha" in page
-    assert "Best adapter: trial rank#0" in page  # ties keep the order the sweeps were given in
+    assert "Best on the selection split: trial rank#0" in page  # ties keep the order the sweeps were given in
     assert "best.json names" not in page  # each sweep's best.json is about that sweep alone
     rows = (out / "trials.csv").read_text().splitlines()[1:]
     assert sorted({r.split(",")[0] for r in rows}) == ["alpha", "rank"] and len(rows) == 8
@@ -473,3 +473,32 @@ def test_report_renders_in_headless_chromium(sweep_dir, tmp_path, chromium):
     path = write_report([sweep_dir], tmp_path / "report")
     checks = report_screenshot.check_report(path, tmp_path / "screenshot.png")
     assert checks["verdict_on_page"] and checks["images_on_page"] == 4 and checks["screenshot_not_blank"]
+
+
+def test_reporting_split_verdicts_are_shown_beside_selection_scores(sweep_dir, tmp_path):
+    from harness.records import SweepVerdicts
+    from harness.reporting import decide
+
+    judged = tmp_path / "rank"
+    shutil.copytree(sweep_dir, judged)
+    scored = {}
+    for number in (0, 1):
+        trial = read_record(TrialRecord, judged / "trials" / f"{number:03d}" / "trial.json")
+        results = read_record(RunResults, judged / "trials" / f"{number:03d}" / "results.json")
+        # A stand-in reporting evaluation: the same adapter's record with one more example wrong.
+        reporting = copy.deepcopy(results)
+        reporting.final.heldout.score -= 0.125
+        scored[number] = (trial, results, reporting)
+    write_record(judged / "verdicts.json", decide(scored, best=0, runner_up=1, cheaper=None, margin=0.05))
+    verdicts = read_record(SweepVerdicts, judged / "verdicts.json")
+    assert verdicts.scores[0].optimism_gap == pytest.approx(0.125)
+    report = build_report([load_sweep(judged)])
+    assert "Recommended adapter: trial #0" in report.html
+    section = report.markdown.split("## Verdicts on the reporting split", 1)[1].split("\n## ", 1)[0]
+    assert "optimism gap" in section and "+0.125" in section
+    for verdict in verdicts.verdicts:
+        assert verdict.state.upper() in section
+    assert "Wilson score interval" in section and "exact conditional" in section
+    # Without verdicts.json the report says its scores are the biased selection ones.
+    plain = build_report([load_sweep(sweep_dir)]).markdown
+    assert "No reporting-split verdicts" in plain.split("## Verdicts on the reporting split", 1)[1]

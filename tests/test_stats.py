@@ -6,7 +6,18 @@ import time
 import numpy as np
 import pytest
 
-from harness.stats import PairedComparison, compare_paired, estimate, mcnemar, paired_bootstrap
+from harness.stats import (
+    PairedComparison,
+    compare_paired,
+    equivalence_test,
+    estimate,
+    examples_to_exclude,
+    holm,
+    mcnemar,
+    mcnemar_exact_interval,
+    paired_bootstrap,
+    paired_examples_to_decide,
+)
 
 # --- estimate ------------------------------------------------------------------------------------
 
@@ -136,7 +147,8 @@ def test_mcnemar_detects_a_planted_improvement_of_30_examples():
     assert result.p_value == pytest.approx(2 * 0.5**30)
     assert result.significant
     assert result.delta == pytest.approx(0.15)
-    assert result.ci_low > 0.0 and result.ci_low < 0.15 < result.ci_high
+    # Exact conditional interval: given 30 discordant pairs all won, the difference is at most 30/200.
+    assert 0.0 < result.ci_low < 0.15 and result.ci_high == pytest.approx(0.15)
     assert "McNemar" in result.verdict() and "better" in result.verdict()
 
 
@@ -180,5 +192,68 @@ def test_verdict_wording():
         method="mcnemar", n=100, mean_a=0.5, mean_b=0.62, delta=0.12, ci_low=0.051, ci_high=0.189,
         p_value=0.002, wins=14, losses=2, ties=84, significant=True,
     )
-    expected = "B is better than A by +12.0 points (95% CI +5.1 to +18.9, McNemar p=0.002)"
+    expected = "B is better than A by +12.0 points (95% exact conditional CI +5.1 to +18.9, McNemar p=0.002)"
     assert comparison.verdict() == expected
+
+
+# --- consistent intervals, equivalence, multiplicity, sample sizes -------------------------------------------
+
+
+def test_mcnemar_interval_agrees_with_the_exact_test_in_the_issue_case():
+    # 5 wins, 0 losses in 100: exact p = 2 * 0.5**5 = 0.0625, not significant; the Wald interval was +0.7 to +9.3
+    # points and excluded 0. The exact conditional interval must include it.
+    a = [0] * 5 + [1] * 50 + [0] * 45
+    b = [1] * 5 + [1] * 50 + [0] * 45
+    result = mcnemar(a, b)
+    assert result.p_value == pytest.approx(0.0625) and not result.significant
+    assert result.ci_low < 0.0 < result.ci_high
+    # Clopper-Pearson lower limit for 5/5 at 95%: 0.025 ** (1/5) = 0.47818; the difference is (5/100)(2q - 1).
+    assert result.ci_low == pytest.approx(0.05 * (2 * 0.025 ** 0.2 - 1), abs=1e-9)
+    assert result.ci_high == pytest.approx(0.05)
+    assert "exact conditional" in result.interval_method
+
+
+def test_mcnemar_interval_excludes_zero_exactly_when_the_test_rejects():
+    from scipy.stats import binomtest
+
+    for wins in range(16):
+        for losses in range(16):
+            if wins + losses == 0:
+                continue
+            low, high = mcnemar_exact_interval(wins, losses, 100)
+            rejects = binomtest(wins, wins + losses, 0.5).pvalue < 0.05
+            assert (low > 0 or high < 0) == rejects, (wins, losses, low, high)
+
+
+def test_mcnemar_interval_matches_clopper_pearson_from_scipy():
+    from scipy.stats import binomtest
+
+    ci = binomtest(7, 10).proportion_ci(confidence_level=0.95, method="exact")
+    low, high = mcnemar_exact_interval(7, 3, 40)
+    assert low == pytest.approx(10 / 40 * (2 * ci.low - 1)) and high == pytest.approx(10 / 40 * (2 * ci.high - 1))
+
+
+def test_holm_adjustment_worked_example():
+    # m = 4: sorted 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> monotone 0.06.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and holm([]) == []
+
+
+def test_tost_equivalence_on_paired_binary_scores():
+    same = [1] * 80 + [0] * 20
+    one_flip_each_way = [0] + [1] * 79 + [1] + [0] * 19
+    result = equivalence_test(same * 4, one_flip_each_way * 4, margin=0.05)
+    assert result.equivalent and -0.05 < result.ci_low < 0 < result.ci_high < 0.05
+    assert "TOST: 90% exact conditional" in result.method
+    far = [1] * 70 + [0] * 30
+    assert not equivalence_test(same, far, margin=0.05).equivalent
+
+
+def test_examples_needed_to_decide():
+    # p = 0.8 vs min_score 0.75: 1.96^2 * 0.16 / 0.05^2 = 245.9 -> 246 examples.
+    assert examples_to_exclude(0.8, 0.75) == 246
+    assert examples_to_exclude(0.8, 0.8) is None
+    # delta 0.05 with per-example variance 0.05 - 0.05^2 = 0.0475: 1.96^2 * 0.0475 / 0.0025 = 73.0 -> 73
+    a = [0] * 5 + [1] * 95
+    b = [1] * 5 + [1] * 95
+    assert paired_examples_to_decide(a, b) == math.ceil(1.959964**2 * 0.0475 / 0.0025)

@@ -114,11 +114,16 @@ def test_sft_then_dpo_trial_reports_and_logs_steps_across_both_stages(tmp_path):
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, 9))
 
 
-def test_sqlite_with_two_workers_is_refused(tmp_path):
-    cfg = make_config([*SWEEP_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}", "sweep.workers=2"])
-    with pytest.raises(ValueError, match="SQLite is for one worker"):
+def test_a_second_sqlite_worker_on_a_running_sweep_is_refused(tmp_path):
+    # There is no sweep.workers setting (N workers = the command run N times); on SQLite the second is refused.
+    from harness.sweep_storage import single_worker_lock
+
+    cfg = make_config([*SWEEP_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}"])
+    sweep_dir = tmp_path / "rank"
+    lock = single_worker_lock(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir)
+    with lock, pytest.raises(ValueError, match="SQLite is for one worker"):
         run_sweep(cfg)
-    assert not (tmp_path / "rank").exists()
+    assert not (sweep_dir / "study.db").exists() and not (sweep_dir / "trials").exists()
 
 
 def test_kill_during_a_trial_then_rerun_completes_without_repeating(tmp_path):
@@ -155,7 +160,7 @@ def test_kill_during_a_trial_then_rerun_completes_without_repeating(tmp_path):
 def test_two_workers_on_a_journal_file_split_the_trials(tmp_path):
     journal = tmp_path / "study.log"
     args = [*SWEEP_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}", f"sweep.storage=journal://{journal}",
-            "sweep.workers=2", "sweep.space.lora_r=[1,2,4,8]", "sweep.n_trials=4", "train.sft.max_steps=6"]
+            "sweep.space.lora_r=[1,2,4,8]", "sweep.n_trials=4", "train.sft.max_steps=6"]
     workers = [_cli(args) for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers), [o[-2000:] for o in outputs]

@@ -97,3 +97,13 @@ def test_hf_kind_loads_a_local_directory_through_the_same_path(tiny_base):
                            "cpu")
     assert isinstance(base.model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
     assert base.model_hash == tiny_base.model_hash and base.tokenizer.chat_template
+
+
+def test_a_diverging_stage_stops_at_the_first_non_finite_step(tmp_path, tiny_base):
+    from harness.trainer import NonFiniteTrainingError
+
+    model = attach_lora(tiny_base.model, LoraConfig(r=4, alpha=8))
+    with pytest.raises(NonFiniteTrainingError, match=r"sft: non-finite (loss|grad_norm|weight).* step \d+"):
+        _train(model, tiny_base.tokenizer, tmp_path, max_steps=6, learning_rate=1e30)
+    rows = (tmp_path / "loss.jsonl").read_text().splitlines()
+    assert len(rows) < 6, "training stopped at the first non-finite step, not at the end"

@@ -6,10 +6,14 @@ Deterministic (seeded) and committed: rerunning writes byte-identical files, and
 Files written beside this script:
   sft_train.jsonl  {"messages": [user, assistant]}                    SFT data (training pools)
   dpo_train.jsonl  {"prompt": [user], "chosen": [...], "rejected": [...]} preference data (training pools)
-  heldout.jsonl    {"messages": [user], "reference": {...}}           the held-out eval set (held-out pools)
+  heldout.jsonl    {"messages": [user], "reference": {...}, "split": "selection" | "reporting"}
+                   the held-out eval set (held-out pools): the first N_SELECTION rows are the selection split
+                   (sweep objective, pruning, "best"), the other N_REPORTING the reporting split (verdicts, the
+                   CI gate), which no selection touches.
 
 First names, last names and cities come from disjoint pools for training and held-out, so an adapter
-cannot score on the held-out set by memorising entities it saw in training.
+cannot score on the held-out set by memorising entities it saw in training. Both held-out splits draw from
+the held-out pools (their rows are distinct examples; names may recur across them, never in training).
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ HERE = Path(__file__).resolve().parent
 SEED = 1234
 N_SFT = 400
 N_DPO = 160
-N_HELDOUT = 240
+# The selection split is the first 100 held-out rows, the examples the rank sweep selected on before the split
+# existed; the reporting split is larger, because its verdicts need the narrower interval.
+N_SELECTION = 100
+N_REPORTING = 160
+N_HELDOUT = N_SELECTION + N_REPORTING
 
 INSTRUCTION = (
     "Extract the person's name, age, city and job from the text. "
@@ -118,9 +126,10 @@ def build() -> dict[str, list[dict]]:
                 "rejected": [{"role": "assistant", "content": rng.choice(_rejected_answers(rng, person))}],
             }
         )
-    for _ in range(N_HELDOUT):
+    for index in range(N_HELDOUT):
         person = _person(rng, HELDOUT_FIRST, HELDOUT_LAST, HELDOUT_CITIES)
-        heldout.append({"messages": [_user_message(_sentence(rng, person))], "reference": person})
+        split = "selection" if index < N_SELECTION else "reporting"
+        heldout.append({"messages": [_user_message(_sentence(rng, person))], "reference": person, "split": split})
     return {"sft_train.jsonl": sft, "dpo_train.jsonl": dpo, "heldout.jsonl": heldout}
 
 

@@ -22,14 +22,15 @@ GRID = {"lora_r": [1, 2, 4, 8]}
 JOIN = """
 import sys, time
 from pathlib import Path
-from harness.config import SweepConfig
+from harness.config import SearchSpace, SweepConfig
 from harness.sweep_storage import load_study
 # Imports take seconds; line both workers up on a start signal so they really join at the same instant.
 Path(sys.argv[2] + ".ready").touch()
 while not Path(sys.argv[3]).exists():
     time.sleep(0.001)
-load_study(SweepConfig(name="rank", sampler="grid", n_trials=0), sys.argv[1], {"lora_r": [1, 2, 4, 8]},
-           Path(sys.argv[2]))
+space = {"lora_r": [1, 2, 4, 8]}
+load_study(SweepConfig(name="rank", sampler="grid", n_trials=0, space=SearchSpace(**space)), sys.argv[1], space,
+           Path(sys.argv[2]), {"space": space})
 """
 
 

@@ -1,0 +1,191 @@
+"""The reporting split: where a sweep's verdicts are made, on examples no selection has touched.
+
+    verdicts = judge_on_reporting_split(sweep_dir, trial_records, cfg)   # writes verdicts.json; None: no trial
+
+A sweep trains and ranks its trials on the eval set's selection split (`harness.selection.rank_key`). Choosing
+the best of N on those examples flatters its score (winner's curse), so after the last trial the few trials the
+verdicts need (`selection.reporting_candidates`: the best, the runner-up and a cheaper alternative) are scored
+once on the reporting split, with the base model's zero-shot and prompt baselines on the same examples:
+
+    trials/<NNN>/reporting/results.json    a results record (kind reporting_evaluation, eval.split=reporting)
+    trials/<NNN>/reporting/samples_reporting.jsonl
+    verdicts.json                          SweepVerdicts: min_score, was fine-tuning needed, best vs runner-up,
+                                           the cheaper alternative, each in three states, Holm-adjusted
+
+Regression benchmarks do not depend on the split: a candidate's regression scores are its trial's (same adapter,
+same benchmark data) and the base model's are its trial's baselines', reused instead of running lm-eval again.
+Resumable: a reporting evaluation whose adapter and eval set identities match is read, not recomputed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from harness.records import (
+    RecordError,
+    ReportingScore,
+    RunResults,
+    StageRecord,
+    SweepVerdicts,
+    TrialRecord,
+    read_record,
+    to_json,
+    write_record,
+)
+from harness.selection import rank_key, reporting_candidates
+from harness.verdicts import (
+    cheaper_verdict,
+    finetuning_verdict,
+    holm_adjust,
+    min_score_verdict,
+    paired_verdict,
+)
+
+log = logging.getLogger(__name__)
+ALPHA = 0.05
+
+
+def judge_on_reporting_split(sweep_dir: Path, records: list[TrialRecord], margin: float) -> SweepVerdicts | None:
+    """Score the candidates on the reporting split and write verdicts.json (None when no trial completed)."""
+    ranked = []
+    for record in sorted(records, key=lambda r: r.number):
+        results_path = Path(record.trial_dir) / "results.json"
+        if record.state == "COMPLETE" and results_path.is_file():
+            results = read_record(RunResults, results_path)
+            ranked.append(((record, results), results))
+    if not ranked:
+        return None
+    ranked.sort(key=lambda pair: rank_key(pair[1], pair[0][0].feasible))  # stable: lowest number first on ties
+    best, runner_up, cheaper = reporting_candidates(ranked)
+    scored: dict[int, tuple[TrialRecord, RunResults, RunResults]] = {}
+    for record, results in (c for c in (best, runner_up, cheaper) if c is not None):
+        if record.number not in scored:
+            scored[record.number] = (record, results, evaluate_reporting(Path(record.trial_dir), results))
+    verdicts = decide(scored, best[0].number, runner_up[0].number if runner_up else None,
+                      cheaper[0].number if cheaper else None, margin)
+    write_record(sweep_dir / "verdicts.json", verdicts)
+    return verdicts
+
+
+def decide(scored: dict[int, tuple[TrialRecord, RunResults, RunResults]], best: int, runner_up: int | None,
+           cheaper: int | None, margin: float) -> SweepVerdicts:
+    """The verdicts from reporting-split scores only (`scored`: number -> (trial, selection results, reporting
+    results)). Several paired comparisons feed one recommendation: their p-values are Holm-adjusted together."""
+    def reporting_scores(number: int) -> list[float]:
+        return scored[number][2].final_stage.heldout.scores
+
+    def name(number: int) -> str:
+        return f"trial {number} {_params(scored[number][0])}"
+
+    # (A name, A scores, B name, B scores) of each comparison between trials
+    versus_cheaper = (name(cheaper), reporting_scores(cheaper), name(best), reporting_scores(best)) \
+        if cheaper is not None else None
+    versus_runner_up = (name(runner_up), reporting_scores(runner_up), name(best), reporting_scores(best)) \
+        if runner_up is not None else None
+    comparisons = {q: pair for q, pair in (("cheaper_alternative", versus_cheaper),
+                                           ("best_vs_runner_up", versus_runner_up)) if pair is not None}
+    # One decision (which trial to ship) rests on these comparisons between trials: Holm-adjust them together.
+    raw = {q: paired_verdict(q, *pair, alpha=ALPHA).p_value for q, pair in comparisons.items()}
+    adjusted = holm_adjust(raw) if len(raw) > 1 else {}
+
+    verdicts, reasons = [], []
+    choice = None
+    if versus_cheaper is not None:
+        a_name, a, b_name, b = versus_cheaper
+        choice = cheaper_verdict(b_name, b, a_name, a, margin, ALPHA, adjusted.get("cheaper_alternative"))
+        reasons.append(choice.text)
+    else:
+        reasons.append(f"no completed trial within its limits is cheaper than the best ({name(best)})")
+    recommended = cheaper if choice is not None and choice.state == "cheaper" else best
+
+    # min_score and "was fine-tuning needed?" concern the adapter to ship, against the base model's baselines on
+    # the same reporting examples.
+    reporting = scored[recommended][2]
+    adapter = reporting.final_stage.heldout.scores
+    verdicts.append(min_score_verdict(adapter, reporting.eval_set.min_score))
+    baselines = reporting.baselines
+    prompt = (baselines.prompt_baseline or baselines.zero_shot) if baselines else None
+    if prompt is not None:
+        verdicts.append(finetuning_verdict(prompt.scores, adapter, reporting.eval_set.min_score, ALPHA))
+    if versus_runner_up is not None:
+        verdicts.append(paired_verdict("best_vs_runner_up", *versus_runner_up, alpha=ALPHA,
+                                       p_adjusted=adjusted.get("best_vs_runner_up")))
+    if choice is not None:
+        verdicts.append(choice)
+    scores = []
+    for number in dict.fromkeys([best, runner_up, cheaper]):
+        if number is None:
+            continue
+        _, selection, reporting = scored[number]
+        scores.append(ReportingScore(
+            number=number, results=str(Path(reporting.run_dir) / "results.json"),
+            selection=selection.final.heldout, reporting=reporting.final.heldout,
+            optimism_gap=selection.final.heldout.score - reporting.final.heldout.score,
+        ))
+    return SweepVerdicts(
+        best=best, recommended=recommended, reasons=reasons, scores=scores, verdicts=verdicts,
+        correction=(f"Holm over the {len(adjusted)} comparisons between trials that decide which to ship "
+                    f"({', '.join(adjusted)}), at alpha {ALPHA:g}; was fine-tuning needed is one comparison, "
+                    "unadjusted" if adjusted else "none: at most one comparison per decision"),
+        equivalence_margin=margin, alpha=ALPHA,
+    )
+
+
+def evaluate_reporting(trial_dir: Path, results: RunResults) -> RunResults:
+    """The trial's adapter scored on the reporting split, with the base model's baselines on it."""
+    from harness.baselines import get_baselines
+    from harness.evaluate import check_adapter_active, evaluate_heldout
+    from harness.memory import release_trial_memory
+    from harness.model import adapter_hash, load_adapter, load_base_model, resolve_device
+    from harness.run import build_results, prepare_inputs, seed_everything
+
+    started = time.perf_counter()
+    selection_cfg = results.run_config()
+    cfg = replace(selection_cfg, eval=replace(selection_cfg.eval, split="reporting"), sweep=None)
+    out_dir = trial_dir / "reporting"
+    inputs = prepare_inputs(cfg)  # the frozen eval set's reporting split, leakage-checked
+    adapter_dir = trial_dir / "adapter"
+    reused = _reusable(out_dir / "results.json", inputs.eval_set_hash, adapter_hash(adapter_dir))
+    if reused is not None:
+        return reused
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.train.device)
+    base = load_base_model(cfg.model, cfg.quant, device, for_training=False)
+    fewshot_pool = inputs.sft.conversations if inputs.sft else []
+    known = results.baselines.regression if results.baselines else None
+    baselines = get_baselines(base, cfg, inputs.eval_set_hash, inputs.heldout, fewshot_pool, known_regression=known)
+    model = load_adapter(base.model, adapter_dir)
+    canary = check_adapter_active(model, base.tokenizer, inputs.heldout[: cfg.eval.canary_examples])
+    heldout = evaluate_heldout(model, base.tokenizer, cfg.eval, inputs.heldout)
+    from harness.artifacts import write_jsonl_atomic
+
+    write_jsonl_atomic(out_dir / "samples_reporting.jsonl", [to_json(r) for r in heldout.per_example])
+    stage = StageRecord(heldout=heldout, regression=results.final_stage.regression)
+    record = build_results(
+        cfg, kind="reporting_evaluation", run_dir=out_dir, base=base, eval_set_hash=inputs.eval_set_hash,
+        stages={results.final.stage: stage}, canary=canary, adapter_dir=adapter_dir, device=device,
+        seconds=time.perf_counter() - started, data=results.data, baselines=baselines,
+    )
+    write_record(out_dir / "results.json", record)
+    del model, base
+    release_trial_memory(device)
+    return record
+
+
+def _reusable(path: Path, eval_set_hash: str, adapter_sha: str) -> RunResults | None:
+    if not path.is_file():
+        return None
+    try:
+        record = read_record(RunResults, path)
+    except RecordError:
+        return None
+    if record.eval_set.hash == eval_set_hash and record.adapter.hash == adapter_sha:
+        return record
+    return None
+
+
+def _params(record: TrialRecord) -> str:
+    return " ".join(f"{k}={v}" for k, v in record.params.items())
