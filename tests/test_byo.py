@@ -298,7 +298,8 @@ def test_eval_rows_in_a_training_format_take_the_last_answer_as_gold(tmp_path):
     (GraderConfig(type="multiple_choice", choices="ABCD"), "B", "E", "not in GraderConfig.choices"),
     (GraderConfig(type="numeric"), "1,000", "four", "is not a number"),
     (GraderConfig(type="exact_match"), "A", {"a": 1}, "cannot compare with text"),
-    (GraderConfig(type="exact_match"), 7, None, "is empty"),
+    (GraderConfig(type="exact_match"), 7, None, "is null"),
+    (GraderConfig(type="numeric"), 7, "", "is not a number"),
 ])
 def test_malformed_gold_answers_fail_at_load_naming_the_line(tmp_path, grader, good, gold, message):
     path = _jsonl(tmp_path, [{"messages": [USER], "reference": good},
@@ -323,6 +324,9 @@ def test_eval_duplicates_are_removed_and_conflicting_golds_refused(tmp_path):
     rows = load_eval_rows(EvalConfig(data_file=str(path), graders=[GraderConfig()]))
     assert len(rows.examples) == 2 and rows.duplicates_removed == 1
     assert rows.warnings[0].source == f"{path}:3" and f"of {path}:1" in rows.warnings[0].message
+    path = _jsonl(tmp_path, [row, row], "eval.jsonl")  # one in each split: kept, with a warning
+    rows = load_eval_rows(EvalConfig(data_file=str(path), graders=[GraderConfig()]))
+    assert len(rows.examples) == 2 and "in both the selection and the reporting split" in rows.warnings[0].message
     path = _jsonl(tmp_path, [row, {**row, "reference": "z"}], "eval.jsonl")
     with pytest.raises(DataError, match=rf"{path}:2: the same prompt as {path}:1 with a different gold answer"):
         load_eval_rows(EvalConfig(data_file=str(path), graders=[GraderConfig()]))
