@@ -205,10 +205,10 @@ class EvalConfig:
             raise ValueError(f"eval.graders is empty for eval set {self.name!r}: name at least one grader")
         if not 0.0 <= self.min_score <= 1.0:
             raise ValueError(f"eval.min_score={self.min_score} must be in [0, 1]")
-        if self.max_examples is not None and self.max_examples < 1:
-            raise ValueError(f"eval.max_examples={self.max_examples} must be >= 1 (or null for all)")
         if self.split not in EVAL_SPLITS:
             raise ValueError(f"eval.split={self.split!r}: expected one of {', '.join(EVAL_SPLITS)}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"eval.max_examples={self.max_examples} must be >= 1 (or null for all)")
 
 
 @dataclass

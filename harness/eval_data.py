@@ -3,8 +3,8 @@ the graders at load time (before any model loads), each error naming the file:li
 
     rows = load_eval_rows(cfg.eval)      # rows.examples, rows.warnings, rows.duplicates_removed
 
-A row is `{eval.prompt_field: <string or message list>, eval.reference_field: <gold>, "split": "selection" |
-"reporting"}` (default fields `messages`, `reference`), or a row in any SFT format (harness.formats) whose last assistant turn is the gold
+A row is `{eval.prompt_field: <string or message list>, eval.reference_field: <gold>}` (default
+`{"messages", "reference"}`), or a row in any SFT format (harness.formats) whose last assistant turn is the gold
 answer. Policies: an exact duplicate (same prompt, same gold, same split) is removed with a warning naming the
 kept copy (in the other split it stays, with a warning that the splits are not independent);
 the same prompt with two different gold answers is refused; a row with keys beyond the prompt and gold fields is
@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.config import EVAL_SPLITS, EvalConfig
+from harness.config import EvalConfig
 from harness.data import DataError, Message, read_jsonl, validate_messages
 from harness.graders import grade
 from harness.records import DataWarning
@@ -28,7 +28,7 @@ class EvalRow:
     messages: list[Message]
     reference: Any
     source: str
-    split: str  # selection or reporting (EVAL_SPLITS): every row says which
+    split: str | None = None  # selection or reporting (the row's "split" field)
 
 
 @dataclass
@@ -51,17 +51,14 @@ def load_eval_rows(eval_cfg: EvalConfig) -> EvalRows:
             raise DataError(f"{where}: the held-out prompt must end with a user turn, not a {messages[-1].role} turn")
         if not messages[-1].content.strip():
             raise DataError(f"{where}: the held-out prompt's last user turn is empty")
-        split = row.get("split")
-        if split not in EVAL_SPLITS:
-            found = "missing field 'split'" if "split" not in row else f"split {split!r}"
-            raise DataError(f"{where}: {found}: expected one of {', '.join(EVAL_SPLITS)} (selection picks, "
-                            "reporting judges)")
         check_gold(reference, where, eval_cfg)
         if eval_cfg.reference_field in row:
             for key in sorted(set(row) - {eval_cfg.prompt_field, eval_cfg.reference_field, "id", "split"}):
                 ignored.setdefault(key, where)
         prompt_key = json.dumps([[m.role, m.content] for m in messages])
         gold_key = json.dumps(reference, sort_keys=True)
+        split = row.get("split")
+        split = split if isinstance(split, str) else None
         if prompt_key in seen:
             first, first_gold, first_split = seen[prompt_key]
             if first_gold != gold_key:

@@ -50,6 +50,12 @@ def load_eval_splits(eval_cfg: EvalConfig) -> dict[str, list[HeldoutExample]]:
 
     splits: dict[str, list[HeldoutExample]] = {name: [] for name in EVAL_SPLITS}
     for row in load_eval_rows(eval_cfg).examples:
+        if row.split is None:
+            raise DataError(f"{row.source}: missing field 'split' (each row needs \"split\": \"selection\" or "
+                            '"reporting"; selection picks, reporting judges)')
+        if row.split not in splits:
+            raise DataError(f"{row.source}: split {row.split!r}: expected one of {', '.join(EVAL_SPLITS)} (each row "
+                            'needs "split": "selection" or "reporting"; selection picks, reporting judges)')
         splits[row.split].append(HeldoutExample(row.messages, row.reference, row.source))
     for name, examples in splits.items():
         if not examples:

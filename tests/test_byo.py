@@ -366,8 +366,8 @@ def test_system_turn_does_not_hide_an_exact_copy(tmp_path):
 def frozen_eval(tmp_path):
     from harness.evalset import freeze
 
-    path = _jsonl(tmp_path, [{"question": f"What is {i}+{i}?", "answer": str(2 * i)} for i in range(4)],
-                  "eval.jsonl")
+    path = _jsonl(tmp_path, [{"question": f"What is {i}+{i}?", "answer": str(2 * i),
+                              "split": "selection" if i < 2 else "reporting"} for i in range(4)], "eval.jsonl")
     overrides = [f"eval.data_file={path}", f"eval.manifest={tmp_path / 'manifest.json'}", "eval.prompt_field=question",
                  "eval.reference_field=answer", "eval.graders=[{type: numeric}]"]
     freeze(make_config(overrides).eval)
@@ -466,5 +466,7 @@ def test_local_model_directory_must_hold_config_and_safetensors(tmp_path):
 def test_eval_rows_must_name_their_split(tmp_path):
     path = tmp_path / "e.jsonl"
     path.write_text(json.dumps({"messages": [USER], "reference": "x", "split": "train"}) + "\n")
+    from harness.evaluate import load_heldout
+
     with pytest.raises(DataError, match=rf"{path}:1: split 'train': expected one of selection, reporting"):
-        load_eval_rows(EvalConfig(data_file=str(path), graders=[GraderConfig()]))
+        load_heldout(EvalConfig(data_file=str(path), graders=[GraderConfig()]))

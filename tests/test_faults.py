@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -37,7 +38,7 @@ KILLS = {name: name for name in POINTS}
 
 
 def run_cli(args: list[str], kill_at: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("HARNESS_KILL_AT", None)
     if kill_at:
         env["HARNESS_KILL_AT"] = kill_at
@@ -109,31 +110,36 @@ def format_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _kill_and_rerun(tmp_path: Path, point: str) -> tuple[list, list[str]]:
+    root = tmp_path / point
+    args = [*SWEEP_ARGS, f"sweep.sweeps_dir={root / 'sweeps'}", f"hydra.run.dir={root / 'hydra'}"]
+    storage = f"sqlite:///{root / 'sweeps' / 'rank' / 'study.db'}"
+    first = run_cli(args, kill_at=KILLS[point])
+    killed = first.returncode == -signal.SIGKILL
+    before = complete_numbers(storage) if killed else set()
+    # What a killed run leaves (Hydra's copy of the command line included) holds no credential either.
+    left = [str(p) for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    rerun = run_cli(args)
+    counts, problems = check_sweep(root, storage, before) if rerun.returncode == 0 else ({}, [])
+    if not killed:
+        problems.insert(0, f"the first run was not killed at {KILLS[point]}: exit {first.returncode}")
+    if left:
+        problems.append(f"credential left by the killed run in {left}")
+    if rerun.returncode != 0:
+        problems.append(f"rerun exit {rerun.returncode}: {rerun.stderr[-1500:]}")
+    row = [point, "killed" if killed else f"exit {first.returncode}", sorted(before), f"exit {rerun.returncode}",
+           counts.get("trials", "-"), counts.get("FAIL+retry", "-"), counts.get("from results.json", "-"),
+           "ok" if not problems else "; ".join(problems)]
+    return row, [f"{point}: {p}" for p in problems]
+
+
 def test_a_sweep_killed_at_every_point_reruns_to_the_same_complete_study(tmp_path):
-    rows, failures = [], []
-    for point, kill_at in KILLS.items():
-        root = tmp_path / point
-        args = [*SWEEP_ARGS, f"sweep.sweeps_dir={root / 'sweeps'}", f"hydra.run.dir={root / 'hydra'}"]
-        storage = f"sqlite:///{root / 'sweeps' / 'rank' / 'study.db'}"
-        first = run_cli(args, kill_at=kill_at)
-        before = complete_numbers(storage) if first.returncode == -signal.SIGKILL else set()
-        # What a killed run leaves (Hydra's copy of the command line included) holds no credential either.
-        left = [str(p) for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
-        rerun = run_cli(args)
-        counts, problems = check_sweep(root, storage, before) if rerun.returncode == 0 else ({}, [])
-        if first.returncode != -signal.SIGKILL:
-            problems.insert(0, f"the first run was not killed at {kill_at}: exit {first.returncode}")
-        if left:
-            problems.append(f"credential left by the killed run in {left}")
-        if rerun.returncode != 0:
-            problems.append(f"rerun exit {rerun.returncode}: {rerun.stderr[-1500:]}")
-        rows.append([point, "killed" if first.returncode == -signal.SIGKILL else f"exit {first.returncode}",
-                     sorted(before), f"exit {rerun.returncode}", counts.get("trials", "-"),
-                     counts.get("FAIL+retry", "-"), counts.get("from results.json", "-"),
-                     "ok" if not problems else "; ".join(problems)])
-        failures += [f"{point}: {p}" for p in problems]
-    table = format_table(rows)
+    # Points are independent (a sweep directory each): three at a time, one thread per process, to fit CI's time.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        outcomes = list(pool.map(lambda point: _kill_and_rerun(tmp_path, point), KILLS))
+    table = format_table([row for row, _ in outcomes])
     print("\n" + table)
+    failures = [failure for _, problems in outcomes for failure in problems]
     assert not failures, table + "\n\n" + "\n".join(failures)
 
 
