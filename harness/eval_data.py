@@ -5,7 +5,8 @@ the graders at load time (before any model loads), each error naming the file:li
 
 A row is `{eval.prompt_field: <string or message list>, eval.reference_field: <gold>}` (default
 `{"messages", "reference"}`), or a row in any SFT format (harness.formats) whose last assistant turn is the gold
-answer. Policies: an exact duplicate (same prompt, same gold) is removed with a warning naming the kept copy;
+answer. Policies: an exact duplicate (same prompt, same gold, same split) is removed with a warning naming the
+kept copy (in the other split it stays, with a warning that the splits are not independent);
 the same prompt with two different gold answers is refused; a row with keys beyond the prompt and gold fields is
 reported once (a mistyped field name would otherwise be ignored silently).
 """
@@ -56,17 +57,22 @@ def load_eval_rows(eval_cfg: EvalConfig) -> EvalRows:
                 ignored.setdefault(key, where)
         prompt_key = json.dumps([[m.role, m.content] for m in messages])
         gold_key = json.dumps(reference, sort_keys=True)
+        split = row.get("split")
+        split = split if isinstance(split, str) else None
         if prompt_key in seen:
-            first, first_gold = seen[prompt_key]
+            first, first_gold, first_split = seen[prompt_key]
             if first_gold != gold_key:
                 raise DataError(f"{where}: the same prompt as {first} with a different gold answer "
                                 f"({gold_key[:80]} vs {first_gold[:80]}); keep one")
-            duplicates += 1
-            warnings.append(DataWarning(where, f"duplicate eval row of {first}, removed"))
-            continue
-        seen[prompt_key] = (where, gold_key)
-        split = row.get("split")
-        examples.append(EvalRow(messages, reference, where, split if isinstance(split, str) else None))
+            if first_split == split:
+                duplicates += 1
+                warnings.append(DataWarning(where, f"duplicate eval row of {first}, removed"))
+                continue
+            warnings.append(DataWarning(where, f"the same row as {first} is in both the {first_split} and the "
+                                               f"{split} split, so they are not independent"))
+        else:
+            seen[prompt_key] = (where, gold_key, split)
+        examples.append(EvalRow(messages, reference, where, split))
     for key, where in ignored.items():
         warnings.append(DataWarning(where, f"field {key!r} is ignored (the prompt is eval.prompt_field="
                                            f"{eval_cfg.prompt_field}, the gold eval.reference_field="
@@ -102,8 +108,8 @@ def _prompt_and_gold(row: dict, where: str, eval_cfg: EvalConfig, formats) -> tu
 
 def check_gold(reference: Any, where: str, eval_cfg: EvalConfig) -> None:
     """Refuse a gold answer a grader could not score, now rather than after generation."""
-    if reference is None or (isinstance(reference, str) and not reference.strip()):
-        raise DataError(f"{where}: the gold answer ({eval_cfg.reference_field!r}) is empty")
+    if reference is None:  # an empty string may be a legitimate exact_match answer; graders refuse it otherwise
+        raise DataError(f"{where}: the gold answer ({eval_cfg.reference_field!r}) is null")
     for index, grader in enumerate(eval_cfg.graders):
         where_grader = f"eval.graders[{index}] (type {grader.type})"
         if grader.type in ("exact_match", "multiple_choice", "numeric") and isinstance(reference, (dict, list, bool)):

@@ -34,6 +34,9 @@ GOOD = {"messages": [USER, ASSISTANT]}
 
 
 def _jsonl(tmp_path, rows, name="train.jsonl"):
+    if name == "eval.jsonl":  # every eval row names its split; alternate so that both splits have rows
+        rows = [{**row, "split": ("selection", "reporting")[index % 2]} if isinstance(row, dict) else row
+                for index, row in enumerate(rows)]
     path = tmp_path / name
     path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows),
                     encoding="utf-8")
@@ -295,7 +298,8 @@ def test_eval_rows_in_a_training_format_take_the_last_answer_as_gold(tmp_path):
     (GraderConfig(type="multiple_choice", choices="ABCD"), "B", "E", "not in GraderConfig.choices"),
     (GraderConfig(type="numeric"), "1,000", "four", "is not a number"),
     (GraderConfig(type="exact_match"), "A", {"a": 1}, "cannot compare with text"),
-    (GraderConfig(type="exact_match"), 7, None, "is empty"),
+    (GraderConfig(type="exact_match"), 7, None, "is null"),
+    (GraderConfig(type="numeric"), 7, "", "is not a number"),
 ])
 def test_malformed_gold_answers_fail_at_load_naming_the_line(tmp_path, grader, good, gold, message):
     path = _jsonl(tmp_path, [{"messages": [USER], "reference": good},
@@ -320,6 +324,9 @@ def test_eval_duplicates_are_removed_and_conflicting_golds_refused(tmp_path):
     rows = load_eval_rows(EvalConfig(data_file=str(path), graders=[GraderConfig()]))
     assert len(rows.examples) == 2 and rows.duplicates_removed == 1
     assert rows.warnings[0].source == f"{path}:3" and f"of {path}:1" in rows.warnings[0].message
+    path = _jsonl(tmp_path, [row, row], "eval.jsonl")  # one in each split: kept, with a warning
+    rows = load_eval_rows(EvalConfig(data_file=str(path), graders=[GraderConfig()]))
+    assert len(rows.examples) == 2 and "in both the selection and the reporting split" in rows.warnings[0].message
     path = _jsonl(tmp_path, [row, {**row, "reference": "z"}], "eval.jsonl")
     with pytest.raises(DataError, match=rf"{path}:2: the same prompt as {path}:1 with a different gold answer"):
         load_eval_rows(EvalConfig(data_file=str(path), graders=[GraderConfig()]))
@@ -454,3 +461,12 @@ def test_local_model_directory_must_hold_config_and_safetensors(tmp_path):
     (model_dir / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(ValueError, match=r"no \*\.safetensors weights"):
         check_model_source(cfg)
+
+
+def test_eval_rows_must_name_their_split(tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_text(json.dumps({"messages": [USER], "reference": "x", "split": "train"}) + "\n")
+    from harness.evaluate import load_heldout
+
+    with pytest.raises(DataError, match=rf"{path}:1: split 'train': expected one of selection, reporting"):
+        load_heldout(EvalConfig(data_file=str(path), graders=[GraderConfig()]))
