@@ -195,20 +195,26 @@ def check_adapter_active(peft_model, tokenizer, examples: list[HeldoutExample], 
     return result
 
 
+def chat_batch(model, tokenizer, prompts: list[list[Message]]):
+    """Chat prompts rendered with the template and tokenized as one left-padded batch on the model's device."""
+    texts = [tokenizer.apply_chat_template(chat(as_messages(p)), tokenize=False, add_generation_prompt=True)
+             for p in prompts]
+    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        device = next(model.parameters()).device
+        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    finally:
+        tokenizer.padding_side = previous_side
+
+
 @torch.no_grad()
 def _canary(peft_model, tokenizer, examples: list[HeldoutExample], max_new_tokens: int) -> CanaryResult:
     prompts = [example.messages for example in examples]
-    texts = [tokenizer.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True) for p in prompts]
-    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        device = next(peft_model.parameters()).device
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        peft_model.eval()
-        adapted = peft_model(**batch).logits.float()
-        with peft_model.disable_adapter():
-            base = peft_model(**batch).logits.float()
-    finally:
-        tokenizer.padding_side = previous_side
+    batch = chat_batch(peft_model, tokenizer, prompts)
+    peft_model.eval()
+    adapted = peft_model(**batch).logits.float()
+    with peft_model.disable_adapter():
+        base = peft_model(**batch).logits.float()
     mask = batch.attention_mask.bool()
     max_diff = float((adapted - base).abs()[mask].max())
     adapter_outputs = generate(peft_model, tokenizer, prompts, max_new_tokens, len(prompts))

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from harness.config import QuantConfig, RunConfig
-from harness.data import chat
 from harness.records import AdapterIdentity, RunResults
 from harness.serving import AdapterConfig, BaseModelInfo, Check, MergedModel, lora_scaling, vllm_checks
 
@@ -211,18 +210,13 @@ def _delta_check(merged, layer: str, w_base: torch.Tensor, adapter_dir: Path, ad
 @torch.no_grad()
 def _logits(model, tokenizer, prompts: list[list[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits over a left-padded batch of chat prompts (as the canary feeds them) and its attention mask."""
+    from harness.evaluate import chat_batch
     from harness.model import fast_cpu_inference
 
-    texts = [tokenizer.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True) for p in prompts]
-    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        device = next(model.parameters()).device
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        model.eval()
-        with fast_cpu_inference(model):
-            logits = model(**batch).logits.float().cpu()
-    finally:
-        tokenizer.padding_side = previous_side
+    batch = chat_batch(model, tokenizer, prompts)
+    model.eval()
+    with fast_cpu_inference(model):
+        logits = model(**batch).logits.float().cpu()
     return logits, batch.attention_mask.bool().cpu()
 
 
