@@ -6,10 +6,15 @@ in the same directory and is renamed into place (rename is atomic on POSIX).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import socket
 import subprocess
 import tempfile
 from importlib import metadata
@@ -25,7 +30,9 @@ TRACKED_LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "da
 def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer (process namespace and pid) is in the temporary name, so that a later write can remove what a
+    # killed writer left.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -38,6 +45,47 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _remove_dead_writers_temps(path)
+
+
+def _writer() -> str:
+    """This process as `<host, boot and pid namespace hash>.<pid>`: a pid means something only within those."""
+    return f"{_namespace_key()}.{os.getpid()}"
+
+
+def boot_id() -> str:
+    with contextlib.suppress(OSError):
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return ""
+
+
+def pid_namespace() -> str:
+    with contextlib.suppress(OSError):
+        return os.readlink("/proc/self/ns/pid")
+    return ""
+
+
+@functools.cache
+def _namespace_key() -> str:
+    return hashlib.sha256(f"{socket.gethostname()}|{boot_id()}|{pid_namespace()}".encode()).hexdigest()[:8]
+
+
+def _remove_dead_writers_temps(path: Path) -> None:
+    """Remove the `.<name>.<writer>-*.tmp` files write_text_atomic made for `path` in a process of this host,
+    boot and pid namespace that is gone (killed between writing and renaming). Files of writers elsewhere (a
+    container sharing the directory) are left alone, as is anything not named by this function's pattern."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{_namespace_key()}\.(\d+)-[^/]*\.tmp$")
+    for sibling in path.parent.iterdir():
+        match = pattern.match(sibling.name)
+        if not match or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # its writer is alive (or the pid was reused: leave the file)
+        except ProcessLookupError:
+            sibling.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            continue
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:

@@ -40,6 +40,7 @@ import optuna
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
+from harness.artifacts import boot_id, pid_namespace
 from harness.config import SweepConfig
 from harness.faults import kill_point
 from harness.records import IntermediateScore, TrialRecord, read_record, write_record
@@ -289,7 +290,7 @@ def sync_trial_records(study) -> None:
 
 def owner_attrs() -> dict:
     """This process as a trial's owner: a pid means nothing without its host, boot, pid namespace and start."""
-    return {"host": socket.gethostname(), "boot_id": _boot_id(), "pid_ns": _pid_namespace(), "pid": os.getpid(),
+    return {"host": socket.gethostname(), "boot_id": boot_id(), "pid_ns": pid_namespace(), "pid": os.getpid(),
             "pid_start": _process_start(os.getpid())}
 
 
@@ -303,18 +304,6 @@ def owner_state(attrs: dict) -> str:
     if attrs.get("pid_start") is None:  # no /proc here (or an owner recorded by an older harness)
         return "alive" if _pid_alive(attrs.get("pid")) else "dead"
     return "alive" if _process_start(attrs.get("pid")) == attrs.get("pid_start") else "dead"
-
-
-def _boot_id() -> str:
-    with contextlib.suppress(OSError):
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    return ""
-
-
-def _pid_namespace() -> str:
-    with contextlib.suppress(OSError):
-        return os.readlink("/proc/self/ns/pid")
-    return ""
 
 
 def _process_start(pid) -> str | None:

@@ -86,6 +86,10 @@ def check_sweep(root: Path, storage, complete_before: set[int]) -> tuple[dict, l
     leaks = [str(p) for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     if leaks:
         problems.append(f"credential written to {leaks}")
+    # A write killed between its temporary file and the rename leaves the temporary file; the rerun's write of
+    # the same file removes it (its writer is dead).
+    if temps := sorted(str(p.relative_to(root)) for p in root.rglob(".*.tmp") if "hydra" not in p.parts):
+        problems.append(f"temporary files left: {temps}")
     counts = {
         "trials": len(trials),
         "FAIL+retry": sum(t.state == optuna.trial.TrialState.FAIL for t in trials),

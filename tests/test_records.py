@@ -161,3 +161,30 @@ def test_not_json_names_the_file_and_line(tmp_path):
         read_record(records.RunResults, path)
     with pytest.raises(RecordError, match="file not found"):
         read_record(records.RunResults, tmp_path / "missing.json")
+
+
+def test_an_atomic_write_removes_what_a_killed_writer_of_the_same_file_left(tmp_path):
+    """Killed between its temporary file and the rename, a writer leaves `.name.<writer>-*.tmp`; the next write
+    of that file removes it once that writer is gone, and nothing else (a live writer's, another file's, a
+    user's file)."""
+    import os
+    import subprocess
+    import sys
+
+    from harness.artifacts import _namespace_key, write_text_atomic
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(dead.stdout)
+    key = _namespace_key()
+    left = tmp_path / f".report.html.{key}.{dead_pid}-abc.tmp"
+    live = tmp_path / f".report.html.{key}.{os.getppid()}-def.tmp"  # our parent: alive
+    other_file = tmp_path / f".report.md.{key}.{dead_pid}-ghi.tmp"
+    foreign = tmp_path / f".report.html.0000ffff.{dead_pid}-jkl.tmp"  # another host/container's writer
+    users = tmp_path / ".report.html.notes.tmp"
+    for path in (left, live, other_file, foreign, users):
+        path.write_text("x")
+    write_text_atomic(tmp_path / "report.html", "<p>ok</p>")
+    assert (tmp_path / "report.html").read_text() == "<p>ok</p>"
+    assert not left.exists()
+    assert live.exists() and other_file.exists() and foreign.exists() and users.exists()
