@@ -5,9 +5,9 @@ section run literally in a fresh clone.
 The README test clones the committed HEAD into a temporary directory and runs the ```bash blocks under the
 README's "## Use your own task" heading exactly as written, with one documented change: `.venv/bin/python` is this
 test's interpreter, and every `python -m harness` command (run or validate; not `harness.evalset`) gets
-`TINY_APPEND` appended (the tiny model, a few steps, a few eval examples). The same clone then validates a
-user's training file in each supported format, and preference pairs in trl's plain and conversational forms,
-with the README's own validate commands.
+`TINY_APPEND` appended (the tiny model, a few steps, a few eval examples). Then a user's training file in each
+supported format, and preference pairs in trl's plain and conversational forms, pass the README's own validate
+commands on the clone's files and configs (in this process: the clone is this checkout's committed HEAD).
 
 The in-process tests point the harness at a temporary repository root holding a copy of conf/ and
 evals/json_extract/, so that nothing is written into the checkout.
@@ -302,10 +302,17 @@ def test_readme_own_task_section_runs_as_written(clone, readme_run):
     assert status == "", status
 
 
-def _readme_validate_command(index: int) -> str:
+def _readme_validate(clone: Path, monkeypatch, index: int, *extra: str) -> int:
+    """The README block's validate command, with extra overrides, run in this process against the clone's files
+    and configs (the same code as the clone's: its committed HEAD), to save an interpreter start per format."""
+    from harness.validate import main as validate
+
     lines = [line for line in substituted(readme_blocks()[index]).splitlines() if " -m harness validate " in line]
     assert len(lines) == 1
-    return lines[0]
+    monkeypatch.setattr("harness.artifacts.REPO_ROOT", clone)
+    monkeypatch.setattr("harness.evalset.REPO_ROOT", clone)
+    monkeypatch.chdir(clone)
+    return validate([*shlex.split(lines[0])[4:], *extra])
 
 
 def _template_rows(clone: Path, name: str) -> list[dict]:
@@ -323,21 +330,20 @@ def _as_format(row: dict, fmt: str) -> dict:
 
 
 @pytest.mark.parametrize("fmt", ["messages", "sharegpt", "alpaca", "prompt_completion"])
-def test_your_training_file_in_each_format_passes_the_readme_validate(clone, readme_run, fmt):
+def test_your_training_file_in_each_format_passes_the_readme_validate(clone, readme_run, monkeypatch, capsys, fmt):
     rows = [_as_format(row, fmt) for row in _template_rows(clone, "sft_train.jsonl")[:40]]
     _write_jsonl(clone / f"my_train_{fmt}.jsonl", rows)
-    result = _bash(clone, f"{_readme_validate_command(0)} data.sft_file=my_train_{fmt}.jsonl")
-    assert result.returncode == 0, result.stderr
-    assert f"my_train_{fmt}.jsonl (format {fmt}): 40 rows read" in result.stdout
+    assert _readme_validate(clone, monkeypatch, 0, f"data.sft_file=my_train_{fmt}.jsonl") == 0, capsys.readouterr().err
+    assert f"my_train_{fmt}.jsonl (format {fmt}): 40 rows read" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("form", ["plain", "conversational"])
-def test_your_preference_pairs_in_each_form_pass_the_readme_validate(clone, readme_run, form):
+def test_your_preference_pairs_in_each_form_pass_the_readme_validate(clone, readme_run, monkeypatch, capsys, form):
     rows = _template_rows(clone, "dpo_train.jsonl")[:20]
     if form == "plain":
         rows = [{"prompt": row["prompt"][0]["content"], "chosen": row["chosen"][0]["content"],
                  "rejected": row["rejected"][0]["content"]} for row in rows]
     _write_jsonl(clone / f"my_pairs_{form}.jsonl", rows)
-    result = _bash(clone, f"{_readme_validate_command(1)} data.preference_file=my_pairs_{form}.jsonl")
-    assert result.returncode == 0, result.stderr
-    assert f"my_pairs_{form}.jsonl: 20 rows read, 0 duplicates removed, 8 pairs kept" in result.stdout
+    assert _readme_validate(clone, monkeypatch, 1, f"data.preference_file=my_pairs_{form}.jsonl") == 0, \
+        capsys.readouterr().err
+    assert f"my_pairs_{form}.jsonl: 20 rows read, 0 duplicates removed, 8 pairs kept" in capsys.readouterr().out
