@@ -114,11 +114,14 @@ def verify_frozen(eval_cfg: EvalConfig) -> str:
 
 
 def freeze(eval_cfg: EvalConfig, force: bool = False) -> dict:
-    """Write the eval set's manifest; refused (unless force) when the manifest there belongs to another set."""
+    """Write the eval set's manifest; refused (unless force) when the manifest there belongs to another set (other
+    name or data file, and other content: a copied set with its manifest re-freezes where it is)."""
     manifest_path = resolve_path(eval_cfg.manifest)
     fingerprint = eval_fingerprint(eval_cfg)
     if manifest_path.is_file() and not force:
-        _refuse_another_sets_manifest(eval_cfg, json.loads(manifest_path.read_text(encoding="utf-8")), manifest_path)
+        frozen = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if frozen.get("hash") != fingerprint["hash"]:
+            _refuse_another_sets_manifest(eval_cfg, frozen, manifest_path)
     write_json_atomic(manifest_path, fingerprint)
     return fingerprint
 

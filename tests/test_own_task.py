@@ -148,6 +148,8 @@ def test_identity_does_not_depend_on_how_the_path_is_spelled(root):
     frozen = evalset.verify_frozen(_compose(["eval=qa"]).eval)
     for spelling in ("qa.jsonl", "./qa.jsonl", str(data), "sub/../qa.jsonl", "link.jsonl"):
         assert evalset.verify_frozen(_compose(["eval=qa", f"eval.data_file={spelling}"]).eval) == frozen, spelling
+    shutil.copy(data, root / "sub" / "moved.jsonl")  # the same content elsewhere is the same eval set
+    assert evalset.verify_frozen(_compose(["eval=qa", "eval.data_file=sub/moved.jsonl"]).eval) == frozen
 
 
 def test_default_config_on_your_own_data_never_overwrites_the_committed_manifest(root, capsys):
