@@ -209,6 +209,11 @@ class EvalConfig:
     # A row without reference_field may be in any SFT format (harness.formats); its last assistant turn is the gold.
     prompt_field: str = "messages"
     reference_field: str = "reference"
+    # Rows without a "split" field: this fraction of them (by distinct prompt and gold) is the selection split, the
+    # rest the reporting split, chosen by hashing each row with split_seed (deterministic, independent of row
+    # order; frozen in the manifest). null: every row must say its split.
+    split_fraction: Optional[float] = None
+    split_seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.graders:
@@ -219,6 +224,10 @@ class EvalConfig:
             raise ValueError(f"eval.split={self.split!r}: expected one of {', '.join(EVAL_SPLITS)}")
         if self.max_examples is not None and self.max_examples < 1:
             raise ValueError(f"eval.max_examples={self.max_examples} must be >= 1 (or null for all)")
+        if self.split_fraction is not None and not (math.isfinite(self.split_fraction)
+                                                    and 0.0 < self.split_fraction < 1.0):
+            raise ValueError(f"eval.split_fraction={self.split_fraction} must be in (0, 1): the fraction of rows in "
+                             "the selection split (or null when every row has a \"split\" field)")
 
 
 @dataclass

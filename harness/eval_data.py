@@ -7,12 +7,14 @@ A row is `{eval.prompt_field: <string or message list>, eval.reference_field: <g
 `{"messages", "reference"}`), or a row in any SFT format (harness.formats) whose last assistant turn is the gold
 answer. Policies: an exact duplicate (same prompt, same gold, same split) is removed with a warning naming the
 kept copy (in the other split it stays, with a warning that the splits are not independent);
+rows without a "split" field are assigned one when eval.split_fraction is set (`assign_splits`, seeded);
 the same prompt with two different gold answers is refused; a row with keys beyond the prompt and gold fields is
 reported once (a mistyped field name would otherwise be ignored silently).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +46,7 @@ def load_eval_rows(eval_cfg: EvalConfig) -> EvalRows:
     from harness import formats
 
     rows = read_jsonl(eval_cfg.data_file)
-    examples, seen, warnings, duplicates, ignored = [], {}, [], 0, {}
+    parsed, ignored = [], {}
     for where, row in rows:
         messages, reference = _prompt_and_gold(row, where, eval_cfg, formats)
         if messages[-1].role != "user":
@@ -58,7 +60,16 @@ def load_eval_rows(eval_cfg: EvalConfig) -> EvalRows:
         prompt_key = json.dumps([[m.role, m.content] for m in messages])
         gold_key = json.dumps(reference, sort_keys=True)
         split = row.get("split")
-        split = split if isinstance(split, str) else None
+        parsed.append((where, messages, reference, prompt_key, gold_key, split if isinstance(split, str) else None))
+        if eval_cfg.split_fraction is not None and "split" in row:
+            raise DataError(f"{where}: the row has its own \"split\" while eval.split_fraction="
+                            f"{eval_cfg.split_fraction} assigns splits; either every row says its split (set "
+                            "eval.split_fraction=null) or none does")
+    if eval_cfg.split_fraction is not None:
+        assigned = assign_splits([(p[3], p[4]) for p in parsed], eval_cfg.split_fraction, eval_cfg.split_seed)
+        parsed = [(*p[:5], split) for p, split in zip(parsed, assigned)]
+    examples, seen, warnings, duplicates = [], {}, [], 0
+    for where, messages, reference, prompt_key, gold_key, split in parsed:
         if prompt_key in seen:
             first, first_gold, first_split = seen[prompt_key]
             if first_gold != gold_key:
@@ -78,6 +89,16 @@ def load_eval_rows(eval_cfg: EvalConfig) -> EvalRows:
                                            f"{eval_cfg.prompt_field}, the gold eval.reference_field="
                                            f"{eval_cfg.reference_field})"))
     return EvalRows(examples, str(eval_cfg.data_file), len(rows), duplicates, warnings)
+
+
+def assign_splits(keys: list[tuple[str, str]], fraction: float, seed: int) -> list[str]:
+    """Selection or reporting for each (prompt, gold) key: the distinct keys ranked by sha256(seed, key), the
+    first round(fraction x n) of them selection. Deterministic, independent of row order, and copies of a row
+    share its split (so they are removed as duplicates, not counted in both splits)."""
+    distinct = sorted(set(keys), key=lambda key: hashlib.sha256(json.dumps([seed, *key]).encode()).hexdigest())
+    n_selection = round(fraction * len(distinct))
+    selection = set(distinct[:n_selection])
+    return ["selection" if key in selection else "reporting" for key in keys]
 
 
 def _prompt_and_gold(row: dict, where: str, eval_cfg: EvalConfig, formats) -> tuple[list[Message], Any]:

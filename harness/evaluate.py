@@ -52,7 +52,8 @@ def load_eval_splits(eval_cfg: EvalConfig) -> dict[str, list[HeldoutExample]]:
     for row in load_eval_rows(eval_cfg).examples:
         if row.split is None:
             raise DataError(f"{row.source}: missing field 'split' (each row needs \"split\": \"selection\" or "
-                            '"reporting"; selection picks, reporting judges)')
+                            '"reporting"; selection picks, reporting judges), or set eval.split_fraction to assign '
+                            "them (python -m harness.evalset create --split-fraction does)")
         if row.split not in splits:
             raise DataError(f"{row.source}: split {row.split!r}: expected one of {', '.join(EVAL_SPLITS)} (each row "
                             'needs "split": "selection" or "reporting"; selection picks, reporting judges)')

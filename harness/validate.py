@@ -16,6 +16,7 @@ directory are clean `error:` lines too.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -43,9 +44,29 @@ def compose_run_config(overrides: list[str]) -> RunConfig:
     except (HydraException, OmegaConfBaseException) as err:
         raise ValueError(_hydra_message(err)) from None
     try:
-        return to_run_config(cfg)
+        run_config = to_run_config(cfg)
     except OmegaConfBaseException as err:
         raise ValueError(_hydra_message(err)) from None
+    _check_eval_named_after_config(overrides)
+    return run_config
+
+
+def _check_eval_named_after_config(overrides: list[str]) -> None:
+    """conf/eval/<option>.yaml must say `name: <option>`: a copied config that kept the original's name would label
+    every result with the other set's name (an explicit eval.name=... override is the user's choice)."""
+    from harness.evalset import default_eval_option, eval_option_path
+
+    if any(arg.lstrip("+").startswith("eval.name=") for arg in overrides):
+        return
+    option = next((arg.split("=", 1)[1] for arg in reversed(overrides) if arg.lstrip("+").startswith("eval=")),
+                  default_eval_option())
+    path = eval_option_path(option)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for number, line in enumerate(lines, start=1):
+        match = re.match(r"name:\s*(.*?)\s*(#.*)?$", line)
+        if match and match.group(1).strip("'\"") != option:
+            raise ValueError(f"{path}:{number}: eval.name is {match.group(1)}, but an eval set is named after its "
+                             f"config file: set name: {option}")
 
 
 def _hydra_message(err: BaseException) -> str:

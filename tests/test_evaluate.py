@@ -232,8 +232,8 @@ def test_evalset_cli_check_exits_2_on_a_changed_set(tmp_path):
     shutil.copytree(REPO_ROOT / "evals" / "json_extract", tmp_path / "json_extract")
     path = tmp_path / "json_extract" / "heldout.jsonl"
     overrides = [f"eval.data_file={path}", f"eval.manifest={tmp_path / 'json_extract' / 'manifest.json'}"]
-    # The data file's path is part of the eval set's identity: freeze the copy where it is, so that only the
-    # content edit below can make the check fail.
+    # A copied eval set (data and manifest) re-freezes where it is; then only the content edit below can make the
+    # check fail.
     eval_cfg = make_config(overrides).eval
     freeze(eval_cfg)
     verify_frozen(eval_cfg)
