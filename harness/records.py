@@ -28,7 +28,7 @@ RESULTS_FORMAT = "harness.results/v3"
 TRIAL_FORMAT = "harness.trial/v2"
 SWEEP_FORMAT = "harness.sweep/v2"
 BEST_FORMAT = "harness.best/v1"
-BASELINE_FORMAT = "harness.gate/baseline-v3"
+BASELINE_FORMAT = "harness.gate/baseline-v4"
 BASELINE_CACHE_FORMAT = "harness.baseline-cache/v1"
 VERDICTS_FORMAT = "harness.verdicts/v1"
 
@@ -476,18 +476,26 @@ class GatedRegression(RegressionScore):
 
 @dataclass
 class GateBaseline:
-    """reports/baseline.json: what ships, as the gate compares candidates with it."""
+    """reports/baseline.json: what ships, as the gate compares candidates with it. Self-describing: `gate check`
+    rebuilds the evaluation config from `overrides`, so a CI job needs to know nothing the baseline knows."""
 
     created_from: str
     created_at: str
     git_revision: str
-    eval_set: EvalSetIdentity
+    # Hydra overrides (eval.*, model.*, quant.*, run_regression) that rebuild the evaluation config from the
+    # default composition; `gate check` applies them before the user's own (eval.split=reporting always)
+    overrides: list[str]
+    config: dict[str, Any]  # the resolved config of the record the baseline was made from
+    eval_set: EvalSetIdentity  # name, split, hash (<hash>-<split>[-first<N>]), n
+    max_examples: int | None  # the subset scored (eval.max_examples), None = the whole split
     model: ModelIdentity
-    tokenizer: TokenizerIdentity
+    tokenizer: TokenizerIdentity  # name, vocab size, chat template hash
     adapter: AdapterIdentity
     min_score: float
+    min_score_verdict: str  # the baseline's own verdict, always "meets" (`gate baseline` refuses anything else)
     heldout: BaselineHeldout
-    regression: dict[str, GatedRegression]
+    regression: dict[str, GatedRegression]  # the baseline adapter's scores: the vs_baseline/<task> reference
+    base_regression: dict[str, RegressionScore]  # the base model's scores: the forgetting/<task> reference
     library_versions: dict[str, str]
     format: str = BASELINE_FORMAT
 
