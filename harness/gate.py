@@ -55,7 +55,7 @@ __all__ = ["CannotCompareError", "GateReport", "GateSettings", "check", "compare
            "make_baseline"]
 
 # ---------------------------------------------------------------------------------------------------------
-# Baselines
+# Results records
 
 
 def read_results(path: Path) -> RunResults:
@@ -251,8 +251,9 @@ def _require_same_setup(baseline: GateBaseline, cfg: RunConfig, eval_set_hash: s
     if differing:
         raise CannotCompareError(
             "the candidate's setup differs from the baseline's in " + ", ".join(row[0] for row in differing)
-            + f" (baseline {differing[0][1]}, candidate {differing[0][2]}); the gate applies the baseline's "
-            f"overrides ({' '.join(baseline.overrides) or 'none'}): remove the conflicting ones", rows)
+            + f" (baseline {differing[0][1]}, candidate {differing[0][2]}); the gate applied the baseline's own "
+            f"{len(baseline.overrides)} overrides, so an override of yours, a changed eval set or another model "
+            "differs", rows)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -141,8 +141,9 @@ def test_inconclusive_reports_the_minimum_detectable_drop_and_the_setting_decide
 
 def test_partial_credit_scores_use_the_paired_bootstrap():
     heldout = [0.2 + 0.6 * (i % 5) / 4 for i in range(100)]
-    baseline = make_baseline(_record(heldout, {}), "synthetic")
-    check = {c.name: c for c in compare(baseline, _record([s - 0.2 for s in heldout], {}), GateSettings()).checks}
+    baseline = make_baseline(_record(heldout, {}, min_score=0.3), "synthetic")
+    candidate = _record([s - 0.2 for s in heldout], {}, min_score=0.3)
+    check = {c.name: c for c in compare(baseline, candidate, GateSettings()).checks}
     assert check["vs_baseline/heldout"].test == "paired_bootstrap" and check["vs_baseline/heldout"].status == "fail"
 
 
@@ -238,7 +239,7 @@ def test_summary_renders_hostile_strings_inert():
     hostile_lines = [line for text in (summary, refused) for line in text.splitlines() if "click" in line]
     assert len(hostile_lines) >= 6  # heading, identities, table row, note, worse example, side-by-side row
     for line in hostile_lines:
-        assert "[" not in line and "](" not in line and "![" not in line  # no link or image syntax
+        assert "[click" not in line and "](" not in line and "![" not in line  # no link or image syntax
         assert "<script" not in line and "<img" not in line and "`" not in line  # no HTML tag, no code span
         assert "@someone" not in line and "http://" not in line  # no @-mention, no bare-URL autolink
         assert "⏎" in line  # the string's newline did not end the line
