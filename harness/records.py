@@ -1,7 +1,7 @@
 """The typed, versioned records the harness writes and reads: a run's results, a sweep trial, a sweep, the best
 trial, the gate baseline, the baseline cache.
 
-One builder writes each record (`harness.run.build_results` for results, `harness.gate.make_baseline` for the
+One builder writes each record (`harness.run.build_results` for results, `harness.gate_baseline.make_baseline` for the
 baseline, `harness.sweep` for trial/sweep/best); everything else reads them by attribute:
 
     results = read_record(RunResults, run_dir / "results.json")   # RecordError naming the file and field
@@ -452,7 +452,7 @@ class BestTrial:
 class BaselineExample:
     source: str
     score: float
-    output: str | None = None  # kept when all outputs together are small (see gate.MAX_BASELINE_OUTPUT_CHARS)
+    output: str | None = None  # kept when all outputs together are small (see gate_baseline.MAX_BASELINE_OUTPUT_CHARS)
 
 
 @dataclass

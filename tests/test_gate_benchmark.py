@@ -12,12 +12,9 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from harness.artifacts import REPO_ROOT
 
 
-@pytest.mark.slow
 def test_quick_false_alarm_benchmark_prints_the_three_figures(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "benchmarks" / "gate_false_alarm.py"), "--quick",

@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(REPO_ROOT)}
 
-    # 0. The run whose adapter is gated, and its baseline.
+    # 0. The run whose adapter is gated, and its baseline. --quick shortens generation, which changes the eval
+    #    set's fingerprint: it freezes its own manifest (in --out; the committed one stays as it is).
+    if args.quick:
+        overrides.append(f"eval.manifest={out / 'quick_manifest.json'}")
+        _python(["-m", "harness.evalset", "freeze", *overrides], env, check=True)
     run_dir = args.run or _train(out / "run", overrides, env)
     baseline = out / "baseline.json"
     _python(["-m", "harness.gate", "baseline", "--from", str(run_dir), "--out", str(baseline)], env, check=True)
