@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nGate false-alarm figures ({'--quick, tiny model' if args.quick else 'overrides: ' + ' '.join(overrides)};"
           f" baseline {baseline}, alpha {args.alpha:g}):")
     print(f"(a) A/A: {sum(c != 0 for c in codes)} of {k} fresh re-evaluations failed the gate "
-          f"(exit codes {codes}; {'; '.join(changed) or 'no output comparison kept'})")
+          f"(exit codes {codes}; {'; '.join(c.rstrip('.') for c in changed) or 'no output comparison kept'})")
     print(f"(b) family-wise false-alarm rate under no change: {false_alarms / resamples:.3f} "
           f"({false_alarms} of {resamples} resampled replicates failed; target <= {args.alpha:g})")
     print(f"(c) power against the damaged adapter (LoRA B + {args.damage:g} std noise): real gate exit "
