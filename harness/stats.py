@@ -245,7 +245,7 @@ class NonInferiority:
 
     @property
     def method_text(self) -> str:
-        return {"tango_score": "Tango score test for paired proportions",
+        return {"tango_score": "Tango score",
                 "paired_bootstrap": "paired bootstrap percentile"}[self.method]
 
 
