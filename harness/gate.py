@@ -1,116 +1,61 @@
-"""Regression gate for CI: is a candidate adapter worse than the committed baseline, on the user's task or
-on general ability? Exit 0: pass; 1: a regression was found; 2: cannot compare (bad input, missing files, eval
-set, base model or tokenizer mismatch, adapter canary failure). The first line printed says which, and why.
+"""Regression gate for CI: is a candidate adapter worse than the committed baseline, on the user's task or on
+general ability? The exit code is a contract:
 
-    python -m harness.gate baseline --from sweeps/runs/<run> [--out reports/baseline.json]
-    python -m harness.gate check --candidate sweeps/runs/<run> --baseline reports/baseline.json \
-        [--out reports/gate] [--alpha 0.05] [--min-effect 0.02] [--reevaluate] [hydra overrides ...]
+  0  pass: every check passed (inconclusive ones too, under the default --inconclusive=pass)
+  1  fail: at least one check decided "regression" (or, under --inconclusive=fail, was inconclusive)
+  2  the gate could not decide: bad, missing or mismatched inputs (eval set, split, subset, base model, tokenizer
+     or chat template differ from the baseline's; the adapter canary failed), or ANY exception (out of memory, a
+     full disk, a grader that raises, a malformed baseline). A crash never looks like a regression.
+
+The first line printed says which, and why; junit.xml, summary.md and gate.json are written in every case (with
+an error state for exit 2), so CI shows the reason.
+
+    python -m harness.gate baseline --from <run or trial reporting dir> [--out reports/baseline.json]
+    python -m harness.gate check --candidate <adapter, run or trial dir> [--baseline reports/baseline.json] \
+        [--out reports/gate] [--alpha 0.05] [--margin M] [--inconclusive pass|fail] [--reevaluate] [overrides ...]
     python -m harness.gate evaluate --candidate <adapter dir> --out DIR [hydra overrides ...]
 
-The candidate is an adapter directory (adapter_config.json + adapter_model.safetensors) or a run or trial
-directory holding `adapter/`. Its results.json is reused when its eval set hash, base model and adapter hash
-match the current ones; otherwise the adapter is evaluated here (base model, adapter, canary, held-out set,
-regression benchmarks) and that evaluation is written as a results record (`candidate_results.json`). The
-Hydra overrides choose the eval set and the base model as for `python -m harness`: pass the baseline's.
+The baseline is self-describing: it records the eval identity (set, split, subset, hash), the base model, the
+tokenizer and chat template, and the Hydra overrides it was made with. `check` composes its config from those
+overrides (the user's own on top, eval.split=reporting always): a CI job passes nothing the baseline knows.
+`baseline` refuses a record whose own min_score verdict is not "meets", and one scored on the selection split.
 
-Everything is scored on the eval set's reporting split (eval.split=reporting is the gate's default): a baseline
-or candidate scored on the selection split, which a sweep chose on, is refused.
+The candidate's results.json is reused when its eval set, base model and adapter match; when only the held-out
+graders changed, its stored outputs (and the baseline's) are re-graded with zero model forward passes
+(`harness.regrade`); otherwise the adapter is evaluated here and written as `candidate_results.json`.
 
-Checks, each on the same examples as the baseline (paired: `harness.stats.compare_paired`, McNemar for 0/1
-scores, paired bootstrap otherwise):
-  heldout_min_score     three states on the candidate's interval: passes when its lower bound >= min_score,
-                        fails when its upper bound < min_score, warns when it straddles min_score
-  heldout_vs_baseline   fails when the candidate is below the baseline by more than --min-effect AND the
-                        paired test rejects "no difference" at --alpha
-  regression/<task>     fails when the drop exceeds the task's max_regression AND the paired test rejects "no
-                        difference" at --alpha
-A drop beyond its limit that the paired test cannot tell from noise is a warning: shown, not failed.
-
-Outputs (--out, each written atomically): junit.xml (one testcase per check), summary.md (verdict line and a
-table for a PR comment or $GITHUB_STEP_SUMMARY), gate.json, and candidate_results.json.
+The checks (`harness.gate_checks`): forgetting/<task> (candidate vs the base model, within the benchmark's
+max_regression), vs_baseline/heldout and vs_baseline/<task> (candidate vs the baseline adapter, within --margin,
+default the eval set's equivalence_margin), and heldout_min_score; each pass / fail / inconclusive, the paired ones
+Holm-adjusted together.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.artifacts import REPO_ROOT, git_revision
 from harness.config import RunConfig
-from harness.gate_report import Check, GateReport, GateSettings, GateSide, WorseExample, write_reports
+from harness.gate_baseline import compose_gate_config, load_baseline, make_baseline, regraded_baseline
+from harness.gate_checks import CannotCompareError, compare
+from harness.gate_report import INCONCLUSIVE_POLICIES, GateReport, GateSettings, write_reports
 from harness.records import (
-    BaselineExample,
-    BaselineHeldout,
     GateBaseline,
-    GatedRegression,
-    HeldoutResult,
     RecordError,
     RunResults,
     StageRecord,
     read_record,
     write_record,
 )
-from harness.stats import compare_paired, holm
 
-# Baselines keep each example's output when they are this small in total (characters), so that a failing gate
-# can show what changed; larger eval sets keep scores only, to keep the committed file reviewable.
-MAX_BASELINE_OUTPUT_CHARS = 100_000
-
-
-class CannotCompareError(Exception):
-    """Candidate and baseline cannot be compared (missing file, different eval set or base model, ...)."""
-
+__all__ = ["CannotCompareError", "GateReport", "GateSettings", "check", "compare", "load_baseline", "main",
+           "make_baseline"]
 
 # ---------------------------------------------------------------------------------------------------------
-# Baselines
-
-
-def make_baseline(results: RunResults, created_from: str) -> GateBaseline:
-    """The committed baseline record from a run's (or a gate evaluation's) results record."""
-    if results.status != "complete":
-        raise CannotCompareError(f"{created_from}: results status is {results.status!r}, not complete")
-    _require_reporting_split(created_from, results.eval_set.split)
-    stage = results.final_stage
-    heldout = stage.heldout
-    keep_outputs = sum(len(row.output) for row in heldout.per_example) <= MAX_BASELINE_OUTPUT_CHARS
-    per_example = [BaselineExample(source=row.source, score=row.score, output=row.output if keep_outputs else None)
-                   for row in heldout.per_example]
-    limits = {b.task: b for b in results.run_config().eval.regression}
-    regression = {}
-    for task, scores in stage.regression.items():
-        if task not in limits:
-            raise CannotCompareError(f"{created_from}: regression task {task!r} has no limit in its config")
-        regression[task] = GatedRegression(**vars(scores), max_regression=limits[task].max_regression)
-    return GateBaseline(
-        created_from=created_from,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        git_revision=git_revision(),
-        eval_set=results.eval_set,
-        model=results.model,
-        tokenizer=results.tokenizer,
-        adapter=results.adapter,
-        min_score=results.eval_set.min_score,
-        heldout=BaselineHeldout(
-            score=heldout.score, stderr=heldout.stderr, ci_low=heldout.ci_low, ci_high=heldout.ci_high,
-            n=heldout.n, grader_versions=heldout.grader_versions, outputs_kept=keep_outputs, per_example=per_example,
-        ),
-        regression=regression,
-        library_versions=results.metrics.library_versions,
-    )
-
-
-def load_baseline(path: Path) -> GateBaseline:
-    if not path.is_file():
-        raise CannotCompareError(f"baseline {path} not found; write one with: "
-                                 f"python -m harness.gate baseline --from <run dir> --out {path}")
-    try:
-        return read_record(GateBaseline, path)
-    except RecordError as err:
-        raise CannotCompareError(f"not a gate baseline: {err}; write one with: "
-                                 "python -m harness.gate baseline --from <run dir>") from None
+# Results records
 
 
 def read_results(path: Path) -> RunResults:
@@ -149,9 +94,11 @@ def locate_candidate(candidate: Path) -> tuple[Path, Path | None]:
 
 
 def candidate_results(cfg: RunConfig, candidate: Path, reevaluate: bool = False) -> tuple[RunResults, str]:
-    """The candidate's results record and how it was obtained ("reused <path>" or "evaluated: <why>")."""
+    """The candidate's results record and how it was obtained: "reused <path>", "re-graded <path> ..." (the stored
+    outputs graded again, no forward pass) or "evaluated: <why>"."""
     from harness.evalset import verify_frozen
     from harness.model import adapter_hash
+    from harness.regrade import graders_only_changed
 
     adapter_dir, results_path = locate_candidate(candidate)
     eval_set_hash = verify_frozen(cfg.eval)
@@ -161,8 +108,30 @@ def candidate_results(cfg: RunConfig, candidate: Path, reevaluate: bool = False)
         mismatch = _reuse_mismatch(cfg, results, eval_set_hash, adapter_hash(adapter_dir))
         if mismatch is None:
             return results, f"reused {results_path}"
+        if mismatch.startswith("eval set hash") and graders_only_changed(
+                results.config["eval"], results.final_stage.heldout.grader_versions, results.eval_set.hash, cfg.eval):
+            results = _regraded(results, cfg, eval_set_hash)
+            if _reuse_mismatch(cfg, results, eval_set_hash, adapter_hash(adapter_dir)) is None:
+                return results, (f"re-graded {results_path}: only the graders changed, so its stored outputs were "
+                                 "graded again (0 model forward passes)")
         why = f"{results_path} not reusable: {mismatch}"
     return evaluate_candidate(cfg, adapter_dir), f"evaluated ({why})"
+
+
+def _regraded(results: RunResults, cfg: RunConfig, eval_set_hash: str) -> RunResults:
+    """The record with its final stage's held-out outputs graded by the current graders."""
+    from harness.regrade import regrade_heldout
+
+    stage = results.final_stage
+    heldout = regrade_heldout(cfg.eval, [(row.source, row.output) for row in stage.heldout.per_example])
+    heldout = dataclasses.replace(heldout, seconds=stage.heldout.seconds, batch_size=stage.heldout.batch_size,
+                                  max_new_tokens=stage.heldout.max_new_tokens)
+    config = {**results.config, "eval": {**results.config["eval"],
+                                         "graders": [dataclasses.asdict(g) for g in cfg.eval.graders]}}
+    return dataclasses.replace(
+        results, config=config, eval_set=dataclasses.replace(results.eval_set, hash=eval_set_hash),
+        stages={**results.stages, results.final.stage: dataclasses.replace(stage, heldout=heldout)},
+        final=dataclasses.replace(results.final, heldout=heldout.summary()))
 
 
 def evaluate_candidate(cfg: RunConfig, adapter_dir: Path) -> RunResults:
@@ -226,175 +195,65 @@ def current_model_hash(cfg: RunConfig) -> str:
 # Comparison
 
 
-def check(cfg: RunConfig, candidate: Path, baseline_path: Path, settings: GateSettings,
+def check(candidate: Path, baseline_path: Path, settings: GateSettings, overrides: list[str] | tuple = (),
           reevaluate: bool = False) -> tuple[GateReport, RunResults]:
-    """Gate `candidate` against the baseline: (report, the candidate's results record)."""
+    """Gate `candidate` against the baseline, evaluating it with the baseline's own overrides (then `overrides`):
+    (report, the candidate's results record)."""
     from harness.evalset import verify_frozen
+    from harness.regrade import graders_only_changed
 
-    # 1. Refuse cheap mismatches before loading any weights.
-    _require_reporting_split("the gate's eval config", cfg.eval.split)
+    # 1. The baseline says how it was evaluated; refuse cheap mismatches before loading any weights.
     baseline = load_baseline(baseline_path)
+    try:
+        cfg = compose_gate_config([*baseline.overrides, *overrides])
+    except ValueError as err:  # a config rule (harness.config's __post_init__ checks) names the field
+        raise CannotCompareError(f"config: {err}") from None
     locate_candidate(candidate)
-    _require_same("eval set hash", baseline.eval_set.hash, verify_frozen(cfg.eval),
-                  f"eval set {baseline.eval_set.name!r}; pass the overrides the baseline was made with")
-    _require_same("base model hash", baseline.model.hash, current_model_hash(cfg),
-                  f"baseline base model {baseline.model.id!r}")
+    eval_set_hash = verify_frozen(cfg.eval)
+    if baseline.eval_set.hash != eval_set_hash and graders_only_changed(
+            baseline.config["eval"], baseline.heldout.grader_versions, baseline.eval_set.hash, cfg.eval):
+        baseline = regraded_baseline(baseline, cfg, eval_set_hash)
+        regraded = True
+    else:
+        regraded = False
+    _require_same_setup(baseline, cfg, eval_set_hash)
 
-    # 2. The candidate's results: reused when they match, else evaluated now.
+    # 2. The candidate's results: reused when they match, re-graded when only graders changed, else evaluated.
     record, how = candidate_results(cfg, candidate, reevaluate)
 
     # 3. Every check on the same examples.
     report = compare(baseline, record, settings)
     report.baseline.path = str(baseline_path)
     report.candidate.path, report.candidate.origin = str(candidate), how
+    if regraded:
+        report.notes.insert(0, "The held-out graders changed since the baseline was made: its stored outputs were "
+                               "re-graded with the current graders (0 model forward passes).")
     return report, record
 
 
-def compare(baseline: GateBaseline, candidate: RunResults, settings: GateSettings) -> GateReport:
-    """Decide every check for a candidate results record against a baseline record (no model needed)."""
-    _require_comparable(baseline, candidate)
-    stage = candidate.final_stage
-    base_rows, cand_rows = baseline.heldout.per_example, stage.heldout.per_example
-    base_scores, cand_scores = [r.score for r in base_rows], [r.score for r in cand_rows]
+def _require_same_setup(baseline: GateBaseline, cfg: RunConfig, eval_set_hash: str) -> None:
+    """Eval identity, base model and tokenizer/chat template from the config alone (no weights loaded)."""
+    from harness.run import tokenizer_identity
+    from harness.validate import load_tokenizer_checked
 
-    # One verdict rests on every paired check (held-out and each benchmark): their p-values are Holm-adjusted
-    # together, so more benchmarks do not mean more chances of failing on noise.
-    paired_inputs = {"heldout_vs_baseline": (f"held-out vs baseline ({baseline.eval_set.name})", base_scores,
-                                             cand_scores, settings.min_effect)}
-    for task, base_task in baseline.regression.items():
-        paired_inputs[f"regression/{task}"] = (f"regression {task} ({base_task.metric})", base_task.per_example,
-                                               stage.regression[task].per_example, base_task.max_regression)
-    raw = {name: compare_paired(a, b, alpha=settings.alpha, seed=settings.seed).p_value
-           for name, (_, a, b, _) in paired_inputs.items()}
-    adjusted = dict(zip(raw, holm(list(raw.values())), strict=True))
-    checks = [_min_score_check(baseline, cand_scores, stage.heldout)]
-    for name, (title, a, b, max_drop) in paired_inputs.items():
-        checks.append(_paired_check(name, title, a, b, max_drop, settings,
-                                    adjusted[name] if len(adjusted) > 1 else None))
-
-    notes = []
-    if candidate.adapter.hash == baseline.adapter.hash:
-        notes.append("The candidate adapter is the baseline's adapter (same hash).")
-    for task in sorted(set(stage.regression) - set(baseline.regression)):
-        notes.append(f"Regression task {task} is not in the baseline: scored, not gated.")
-    versions = candidate.metrics.library_versions
-    changed = sorted(k for k, v in baseline.library_versions.items() if versions.get(k) != v)
-    if changed:
-        notes.append("Library versions differ from the baseline's: " + ", ".join(
-            f"{k} {baseline.library_versions[k]} -> {versions.get(k)}" for k in changed))
-    worse = []
-    if baseline.heldout.outputs_kept:
-        changed_outputs = sum(b.output != c.output for b, c in zip(base_rows, cand_rows))
-        notes.append(
-            f"Held-out outputs that differ from the baseline's: {changed_outputs} of {len(base_rows)}.")
-        worse = [WorseExample(source=c.source, baseline_score=b.score, candidate_score=c.score,
-                              baseline_output=b.output, candidate_output=c.output)
-                 for b, c in zip(base_rows, cand_rows) if c.score < b.score]
-
-    failed = [c for c in checks if c.status == "fail"]
-    warned = [c for c in checks if c.status == "warn"]
-    if failed:
-        verdict = "fail"
-        reason = "FAIL: " + "; ".join(f"{c.name}: {c.message}" for c in failed)
-    else:
-        verdict = "pass"
-        reason = f"PASS: {len(checks)} of {len(checks)} checks passed" + (
-            f" ({len(warned)} warning{'s' if len(warned) > 1 else ''}: {', '.join(c.name for c in warned)})"
-            if warned else "")
-    return GateReport(
-        verdict=verdict, reason=reason, checks=checks, eval_set=baseline.eval_set, model=baseline.model,
-        baseline=GateSide(adapter_hash=baseline.adapter.hash,
-                          origin=f"{baseline.created_from} ({baseline.created_at})"),
-        candidate=GateSide(adapter_hash=candidate.adapter.hash, path=candidate.adapter.path),
-        settings=settings, notes=notes, worse_examples=worse,
-    )
-
-
-def _min_score_check(baseline: GateBaseline, cand_scores: list[float], cand_heldout: HeldoutResult) -> Check:
-    """Three states: meets (interval above min_score) passes, below (interval under it) fails, inconclusive warns."""
-    from harness.verdicts import min_score_verdict
-
-    min_score, score = baseline.min_score, cand_heldout.score
-    verdict = min_score_verdict(cand_scores, min_score)
-    return Check(
-        name="heldout_min_score", title="held-out score vs min_score (interval)",
-        status={"meets": "pass", "below": "fail", "inconclusive": "warn"}[verdict.state],
-        message=f"held-out score {verdict.text}",
-        baseline=baseline.heldout.score, candidate=score, limit=f"interval vs {min_score:.3f}",
-        delta=score - baseline.heldout.score,
-        ci_low=verdict.ci_low, ci_high=verdict.ci_high,
-        n=len(cand_scores),
-    )
-
-
-def _paired_check(name: str, title: str, base_scores: list[float], cand_scores: list[float], max_drop: float,
-                  settings: GateSettings, p_adjusted: float | None = None) -> Check:
-    """Fail only when the drop is beyond `max_drop` and the paired test (Holm-adjusted over the gate's paired
-    checks when there are several) says it is not noise."""
-    comparison = compare_paired(base_scores, cand_scores, alpha=settings.alpha, seed=settings.seed)
-    p_value = comparison.p_value if p_adjusted is None else p_adjusted
-    beyond_limit = comparison.delta < -max_drop
-    if beyond_limit and p_value < settings.alpha:
-        status, why = "fail", f"drop beyond the {max_drop:.3f} limit and significant"
-    elif beyond_limit:
-        status, why = "warn", f"drop beyond the {max_drop:.3f} limit but not distinguishable from noise"
-    else:
-        status, why = "pass", f"within the {max_drop:.3f} limit"
-    p_text = "p<0.001" if comparison.p_value < 0.001 else f"p={comparison.p_value:.2g}"
-    if p_adjusted is not None:
-        p_text += f", Holm-adjusted {p_adjusted:.2g}"
-    return Check(
-        name=name, title=title, status=status,
-        message=(f"{comparison.mean_a:.3f} -> {comparison.mean_b:.3f} (delta {comparison.delta:+.3f}, "
-                 f"{100 * (1 - settings.alpha):g}% {comparison.interval_method} CI "
-                 f"[{comparison.ci_low:+.3f}, {comparison.ci_high:+.3f}], "
-                 f"{comparison.method} {p_text}, {comparison.losses} worse / {comparison.wins} better of "
-                 f"{comparison.n}): {why}"),
-        baseline=comparison.mean_a, candidate=comparison.mean_b,
-        limit=f"drop <= {max_drop:.3f} unless noise (alpha {settings.alpha:g})",
-        delta=comparison.delta, ci_low=comparison.ci_low, ci_high=comparison.ci_high,
-        p_value=comparison.p_value,
-        test=comparison.method, n=comparison.n,
-    )
-
-
-def _require_comparable(baseline: GateBaseline, candidate: RunResults) -> None:
-    """Raise CannotCompareError unless both records score the same examples of one eval set on one base."""
-    if candidate.status != "complete":
-        raise CannotCompareError(f"candidate results status is {candidate.status!r}, not complete")
-    _require_same("eval set hash", baseline.eval_set.hash, candidate.eval_set.hash,
-                  f"eval set {baseline.eval_set.name!r}")
-    for key in ("hash", "quantized", "compute_dtype"):
-        _require_same(f"base model {key}", getattr(baseline.model, key), getattr(candidate.model, key),
-                      f"baseline model {baseline.model.id!r}")
-    for key in ("name", "vocab_size", "chat_template_sha256"):
-        _require_same(f"tokenizer {key}", getattr(baseline.tokenizer, key), getattr(candidate.tokenizer, key), "")
-    stage = candidate.final_stage
-    _require_same("held-out example count", len(baseline.heldout.per_example), len(stage.heldout.per_example), "")
-    for task, base_task in baseline.regression.items():
-        if task not in stage.regression:
-            raise CannotCompareError(
-                f"the baseline gates regression task {task!r} but the candidate has no score for it "
-                "(run_regression=false, or the task is missing from eval.regression?)")
-        cand_task = stage.regression[task]
-        _require_same(f"regression {task} example count", len(base_task.per_example),
-                      len(cand_task.per_example), "check the task's limit")
-        _require_same(f"regression {task} task_version", base_task.task_version, cand_task.task_version, "")
-        _require_same(f"regression {task} metric", base_task.metric, cand_task.metric, "")
-
-
-def _require_reporting_split(what: str, split: str) -> None:
-    if split != "reporting":
+    tokenizer = tokenizer_identity(load_tokenizer_checked(cfg))
+    pairs = [
+        ("eval set", baseline.eval_set.name, cfg.eval.name),
+        ("eval split", baseline.eval_set.split, cfg.eval.split),
+        ("eval subset (max_examples)", baseline.max_examples, cfg.eval.max_examples),
+        ("eval set hash", baseline.eval_set.hash, eval_set_hash),
+        ("base model hash", baseline.model.hash, current_model_hash(cfg)),
+        ("tokenizer", baseline.tokenizer.name, tokenizer.name),
+        ("chat template sha256", baseline.tokenizer.chat_template_sha256, tokenizer.chat_template_sha256),
+    ]
+    rows = [[what, str(b), str(c)] for what, b, c in pairs]
+    differing = [row for row in rows if row[1] != row[2]]
+    if differing:
         raise CannotCompareError(
-            f"{what} is scored on the {split!r} split: the gate compares on the reporting split only (a sweep chose "
-            "its best on the selection split, so scores there are biased upward); use the trial's reporting "
-            "evaluation (sweeps/<name>/trials/<NNN>/reporting) or eval.split=reporting")
-
-
-def _require_same(what: str, baseline_value, candidate_value, hint: str) -> None:
-    if baseline_value != candidate_value:
-        raise CannotCompareError(f"{what} differs: baseline {baseline_value}, candidate {candidate_value}"
-                                 + (f" ({hint})" if hint else ""))
+            "the candidate's setup differs from the baseline's in " + ", ".join(row[0] for row in differing)
+            + f" (baseline {differing[0][1]}, candidate {differing[0][2]}); the gate applied the baseline's own "
+            f"{len(baseline.overrides)} overrides, so an override of yours, a changed eval set or another model "
+            "differs", rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -409,9 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("--out", type=Path, default=Path("reports/baseline.json"))
     gate = commands.add_parser("check", help="gate a candidate adapter against the baseline (exit 0/1/2)")
     gate.add_argument("--baseline", type=Path, default=Path("reports/baseline.json"))
-    gate.add_argument("--alpha", type=float, default=GateSettings.alpha, help="significance level per check")
-    gate.add_argument("--min-effect", type=float, default=GateSettings.min_effect,
-                      help="held-out drops up to this size never fail (absolute, 0..1)")
+    gate.add_argument("--alpha", type=float, default=GateSettings.alpha,
+                      help="one-sided level of each test; family-wise false-alarm rate of the paired checks")
+    gate.add_argument("--margin", type=float, default=None,
+                      help="vs_baseline drops smaller than this are 'no worse' (default: eval.equivalence_margin)")
+    gate.add_argument("--inconclusive", choices=INCONCLUSIVE_POLICIES, default=GateSettings.inconclusive,
+                      help="what an inconclusive check does to the exit code (default pass: exit 1 means a "
+                           "regression was shown)")
     evaluate = commands.add_parser("evaluate", help="evaluate an adapter and write its results record")
     for sub, default_out in ((gate, "reports/gate"), (evaluate, None)):
         sub.add_argument("--candidate", required=True, type=Path, help="adapter dir, or a run/trial dir")
@@ -423,55 +286,64 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "baseline":
         return _baseline_command(args.source, args.out)
+    if args.command == "evaluate":
+        return _evaluate_command(args)
+    record = None
     try:
-        settings = GateSettings(args.alpha, args.min_effect) if args.command == "check" else None
-        cfg = _compose(args.overrides)
-        if args.command == "evaluate":
-            record, how = candidate_results(cfg, args.candidate, args.reevaluate)
-            write_record(args.out / "candidate_results.json", record)
-            print(f"{how}: held-out {record.final.heldout.score:.3f} "
-                  f"-> {args.out / 'candidate_results.json'}")
-            return 0
-        report, record = check(cfg, args.candidate, args.baseline, settings, args.reevaluate)
-    except _input_errors() as err:
-        report = GateReport(verdict="cannot_compare", reason=f"CANNOT COMPARE: {_one_line(err)}")
-        record = None
-        if args.command == "evaluate":
-            print(report.reason)
-            return 2
-    print(report.reason)
+        settings = GateSettings(args.alpha, args.margin, args.inconclusive)
+        report, record = check(args.candidate, args.baseline, settings, args.overrides, args.reevaluate)
+    except Exception as err:  # noqa: BLE001 -- the contract: whatever went wrong, exit 2, never 1
+        report = error_report(err)
+    print(report.reason, flush=True)
+    for what, b, c in report.mismatch:
+        print(f"  {what:<28} baseline {b:<36} candidate {c}")
     if report.candidate:
         print(f"candidate {report.candidate.path}: {report.candidate.origin}")
     for c in report.checks:
-        print(f"  {c.status.upper():<5} {c.name}: {c.message}")
-    write_reports(report, args.out, record)
+        print(f"  {c.status.upper():<12} {c.name}: {c.message}")
+    try:
+        write_reports(report, args.out, record)
+    except Exception as err:  # noqa: BLE001 -- a full disk here: still exit 2, with the reason on the console
+        print(f"ERROR: could not write the gate reports to {args.out}: {_one_line(err)}")
+        return 2
     print(f"reports: {args.out}/summary.md, junit.xml, gate.json")
     return report.exit_code
+
+
+def error_report(err: BaseException) -> GateReport:
+    """The report of a gate that could not decide: a mismatch or bad input, or any other exception."""
+    if isinstance(err, (CannotCompareError, *_input_errors())):
+        return GateReport(verdict="cannot_compare", reason=f"CANNOT COMPARE: {_one_line(err)}",
+                          mismatch=getattr(err, "rows", []))
+    return GateReport(verdict="error", reason=f"ERROR (the gate could not decide): {type(err).__name__}: "
+                                              f"{_one_line(err)}")
+
+
+def _evaluate_command(args) -> int:
+    try:
+        cfg = compose_gate_config(args.overrides)
+        record, how = candidate_results(cfg, args.candidate, args.reevaluate)
+        write_record(args.out / "candidate_results.json", record)
+    except Exception as err:  # noqa: BLE001 -- as for check: anything that goes wrong is exit 2
+        print(error_report(err).reason)
+        return 2
+    print(f"{how}: held-out {record.final.heldout.score:.3f} -> {args.out / 'candidate_results.json'}")
+    return 0
 
 
 def _baseline_command(source: Path, out: Path) -> int:
     try:
         results_path = results_path_of(source)
         baseline = make_baseline(read_results(results_path), str(results_path))
-    except CannotCompareError as err:
+        write_record(out, baseline)
+    except Exception as err:  # noqa: BLE001
         print(f"CANNOT WRITE BASELINE: {_one_line(err)}")
         return 2
-    write_record(out, baseline)
     print(f"baseline {out}: eval set {baseline.eval_set.name} ({baseline.eval_set.hash}), "
-          f"held-out {baseline.heldout.score:.3f} (n={baseline.heldout.n}), min_score "
-          f"{baseline.min_score}, regression tasks: {', '.join(baseline.regression) or 'none'}")
+          f"held-out {baseline.heldout.score:.3f} (n={baseline.heldout.n}, min_score {baseline.min_score}: "
+          f"{baseline.min_score_verdict}), regression tasks: {', '.join(baseline.regression) or 'none'}; "
+          f"overrides: {' '.join(baseline.overrides) or 'none'}")
     return 0
-
-
-def _compose(overrides: list[str]) -> RunConfig:
-    from hydra import compose, initialize_config_dir
-
-    from harness.config import register_configs, to_run_config
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base=None):
-        # The gate judges on the reporting split, which no sweep selected on.
-        return to_run_config(compose("config", overrides=["eval.split=reporting", *overrides]))
 
 
 def _one_line(err: BaseException) -> str:
@@ -485,9 +357,9 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from harness.data import DataError
     from harness.evaluate import AdapterInactiveError
 
-    # ValueError: config rules (__post_init__, validate), GateSettings; DataError: eval set missing/changed.
-    return (CannotCompareError, DataError, AdapterInactiveError, FileNotFoundError, ValueError,
-            HydraException, OmegaConfBaseException)
+    # Input problems (exit 2 as well, reported as "cannot compare"): config rules, eval set missing or changed,
+    # the adapter canary, missing files.
+    return (DataError, AdapterInactiveError, FileNotFoundError, HydraException, OmegaConfBaseException)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The typed, versioned records the harness writes and reads: a run's results, a sweep trial, a sweep, the best
 trial, the gate baseline, the baseline cache.
 
-One builder writes each record (`harness.run.build_results` for results, `harness.gate.make_baseline` for the
+One builder writes each record (`harness.run.build_results` for results, `harness.gate_baseline.make_baseline` for the
 baseline, `harness.sweep` for trial/sweep/best); everything else reads them by attribute:
 
     results = read_record(RunResults, run_dir / "results.json")   # RecordError naming the file and field
@@ -28,7 +28,7 @@ RESULTS_FORMAT = "harness.results/v3"
 TRIAL_FORMAT = "harness.trial/v2"
 SWEEP_FORMAT = "harness.sweep/v2"
 BEST_FORMAT = "harness.best/v1"
-BASELINE_FORMAT = "harness.gate/baseline-v3"
+BASELINE_FORMAT = "harness.gate/baseline-v4"
 BASELINE_CACHE_FORMAT = "harness.baseline-cache/v1"
 VERDICTS_FORMAT = "harness.verdicts/v1"
 
@@ -452,7 +452,7 @@ class BestTrial:
 class BaselineExample:
     source: str
     score: float
-    output: str | None = None  # kept when all outputs together are small (see gate.MAX_BASELINE_OUTPUT_CHARS)
+    output: str | None = None  # kept when all outputs together are small (see gate_baseline.MAX_BASELINE_OUTPUT_CHARS)
 
 
 @dataclass
@@ -476,18 +476,26 @@ class GatedRegression(RegressionScore):
 
 @dataclass
 class GateBaseline:
-    """reports/baseline.json: what ships, as the gate compares candidates with it."""
+    """reports/baseline.json: what ships, as the gate compares candidates with it. Self-describing: `gate check`
+    rebuilds the evaluation config from `overrides`, so a CI job needs to know nothing the baseline knows."""
 
     created_from: str
     created_at: str
     git_revision: str
-    eval_set: EvalSetIdentity
+    # Hydra overrides (eval.*, model.*, quant.*, run_regression) that rebuild the evaluation config from the
+    # default composition; `gate check` applies them before the user's own (eval.split=reporting always)
+    overrides: list[str]
+    config: dict[str, Any]  # the resolved config of the record the baseline was made from
+    eval_set: EvalSetIdentity  # name, split, hash (<hash>-<split>[-first<N>]), n
+    max_examples: int | None  # the subset scored (eval.max_examples), None = the whole split
     model: ModelIdentity
-    tokenizer: TokenizerIdentity
+    tokenizer: TokenizerIdentity  # name, vocab size, chat template hash
     adapter: AdapterIdentity
     min_score: float
+    min_score_verdict: str  # the baseline's own verdict, always "meets" (`gate baseline` refuses anything else)
     heldout: BaselineHeldout
-    regression: dict[str, GatedRegression]
+    regression: dict[str, GatedRegression]  # the baseline adapter's scores: the vs_baseline/<task> reference
+    base_regression: dict[str, RegressionScore]  # the base model's scores: the forgetting/<task> reference
     library_versions: dict[str, str]
     format: str = BASELINE_FORMAT
 

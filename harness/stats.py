@@ -127,23 +127,28 @@ def paired_bootstrap(
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     differences = scores_b - scores_a
-    n = len(differences)
     delta = float(differences.mean())
 
-    rng = np.random.default_rng(seed)
-    resampled_deltas = np.empty(n_resamples)
-    rows_per_chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // n)
-    for start in range(0, n_resamples, rows_per_chunk):
-        stop = min(start + rows_per_chunk, n_resamples)
-        indices = rng.integers(0, n, size=(stop - start, n))
-        resampled_deltas[start:stop] = differences[indices].mean(axis=1)
-
+    resampled_deltas = _bootstrap_means(differences, n_resamples, seed)
     ci_low, ci_high = np.quantile(resampled_deltas, [alpha / 2, 1 - alpha / 2])
     # The 1e-12 absorbs rounding in the means, e.g. identical runs whose delta comes out as 1e-17.
     centred = np.abs(resampled_deltas - delta)
     as_extreme = int(np.count_nonzero(centred >= abs(delta) - 1e-12))
     p_value = min(1.0, (as_extreme + 1) / (n_resamples + 1))
     return _comparison("paired_bootstrap", scores_a, scores_b, float(ci_low), float(ci_high), p_value, alpha)
+
+
+def _bootstrap_means(differences: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Means of `n_resamples` resamples (with replacement) of the per-example differences; deterministic per seed."""
+    n = len(differences)
+    rng = np.random.default_rng(seed)
+    resampled = np.empty(n_resamples)
+    rows_per_chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // n)
+    for start in range(0, n_resamples, rows_per_chunk):
+        stop = min(start + rows_per_chunk, n_resamples)
+        indices = rng.integers(0, n, size=(stop - start, n))
+        resampled[start:stop] = differences[indices].mean(axis=1)
+    return resampled
 
 
 def mcnemar(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> PairedComparison:
@@ -216,6 +221,100 @@ def equivalence_test(a: Sequence[float], b: Sequence[float], margin: float, alph
         ci_low=comparison.ci_low, ci_high=comparison.ci_high, alpha=alpha,
         method=f"TOST: {100 * (1 - 2 * alpha):g}% {interval} interval within ±{margin:g}",
     )
+
+
+@dataclass
+class NonInferiority:
+    """Is the candidate no worse than the reference by more than `margin`? Two one-sided tests of
+    delta = mean(candidate) - mean(reference) against -margin, on the same examples."""
+
+    method: str  # "tango_score" (0/1 scores) or "paired_bootstrap"
+    n: int
+    mean_reference: float
+    mean_candidate: float
+    delta: float
+    margin: float
+    ci_low: float  # one-sided (1 - alpha) bounds of delta: together the (1 - 2 alpha) interval
+    ci_high: float
+    p_noninferior: float  # H0: delta <= -margin; small = shown no worse than the margin
+    p_worse: float  # H0: delta >= -margin; small = shown worse than the margin
+    mde: float  # the smallest true drop (>= margin) this test calls "worse" with 80% power at this n
+    wins: int  # examples where the candidate scores higher
+    losses: int
+    alpha: float
+
+    @property
+    def method_text(self) -> str:
+        return {"tango_score": "Tango score",
+                "paired_bootstrap": "paired bootstrap percentile"}[self.method]
+
+
+def noninferiority(reference: Sequence[float], candidate: Sequence[float], margin: float, alpha: float = 0.05,
+                   seed: int = 0, power: float = 0.8, n_resamples: int = 10_000) -> NonInferiority:
+    """Paired non-inferiority of `candidate` to `reference` with a margin.
+
+    0/1 scores: Tango's score test for a difference of paired proportions (the constrained maximum likelihood
+    estimate of the discordant cells under each null; its interval is the test inverted, so interval and
+    p-values never disagree, and it stays defined when no pair is discordant). Partial-credit scores: the paired
+    bootstrap, with p-values read from the same resampled deltas as its percentile interval.
+    The minimum detectable effect is a normal approximation: margin + (z_{1-alpha} + z_power) * sd / sqrt(n), the
+    sd of the per-example differences floored at one discordant example.
+    """
+    scores_r, scores_c = _as_paired(reference, candidate)
+    _check_alpha(alpha)
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"non-inferiority margin must be in [0, 1), got {margin}")
+    n = len(scores_r)
+    differences = scores_c - scores_r
+    delta = float(differences.mean())
+    wins, losses = int(np.count_nonzero(differences > 0)), int(np.count_nonzero(differences < 0))
+    z_alpha = float(scipy_stats.norm.ppf(1 - alpha))
+    if _is_binary(scores_r) and _is_binary(scores_c):
+        method = "tango_score"
+        z_at_margin = _tango_z(wins, losses, n, -margin)
+        p_noninferior = float(scipy_stats.norm.sf(z_at_margin))
+        p_worse = float(scipy_stats.norm.cdf(z_at_margin))
+        ci_low, ci_high = _tango_bounds(wins, losses, n, delta, z_alpha)
+        variance = max(max(wins + losses, 1) / n - delta**2, 1.0 / n**2)
+    else:
+        method = "paired_bootstrap"
+        resampled = _bootstrap_means(differences, n_resamples, seed)
+        p_noninferior = (int(np.count_nonzero(resampled <= -margin)) + 1) / (n_resamples + 1)
+        p_worse = (int(np.count_nonzero(resampled >= -margin)) + 1) / (n_resamples + 1)
+        ci_low, ci_high = (float(q) for q in np.quantile(resampled, [alpha, 1 - alpha]))
+        variance = max(float(differences.var()), 1.0 / n**2)
+    mde = margin + (z_alpha + float(scipy_stats.norm.ppf(power))) * math.sqrt(variance / n)
+    return NonInferiority(method=method, n=n, mean_reference=float(scores_r.mean()),
+                          mean_candidate=float(scores_c.mean()), delta=delta, margin=margin, ci_low=ci_low,
+                          ci_high=ci_high, p_noninferior=min(p_noninferior, 1.0), p_worse=min(p_worse, 1.0),
+                          mde=mde, wins=wins, losses=losses, alpha=alpha)
+
+
+def _tango_z(wins: int, losses: int, n: int, delta0: float) -> float:
+    """Tango's (1998) score statistic for H0: p_win - p_loss = delta0 (wins/losses: discordant pairs of n)."""
+    concordant = n - wins - losses
+    # Constrained MLE of p_loss = t (p_win = t + delta0): the root of 2n t^2 + b t + c = 0 in the valid range.
+    b = -(wins * (1 - delta0) + losses * (1 - 3 * delta0) - 2 * concordant * delta0)
+    c = -losses * delta0 * (1 - delta0)
+    t = (-b + math.sqrt(max(b * b - 8 * n * c, 0.0))) / (4 * n)
+    t = min(max(t, max(0.0, -delta0)), (1 - delta0) / 2)
+    variance = (2 * t + delta0 - delta0**2) / n
+    observed = (wins - losses) / n - delta0
+    if variance <= 0:
+        return 0.0 if observed == 0 else math.copysign(math.inf, observed)
+    return observed / math.sqrt(variance)
+
+
+def _tango_bounds(wins: int, losses: int, n: int, delta: float, z: float) -> tuple[float, float]:
+    """The one-sided bounds {delta0: Z(delta0) <= z} and {delta0: Z(delta0) >= -z}: the score test inverted."""
+    from scipy.optimize import brentq
+
+    edge = 1 - 1e-9
+    low = -1.0 if _tango_z(wins, losses, n, -edge) <= z else brentq(
+        lambda d0: _tango_z(wins, losses, n, d0) - z, -edge, delta, xtol=1e-10)
+    high = 1.0 if _tango_z(wins, losses, n, edge) >= -z else brentq(
+        lambda d0: _tango_z(wins, losses, n, d0) + z, delta, edge, xtol=1e-10)
+    return float(low), float(high)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -1,14 +1,15 @@
-"""harness.gate: passes an unchanged adapter, fails a damaged one, refuses what it cannot compare.
+"""harness.gate on the tiny model: passes an unchanged adapter, fails a damaged one, exits 2 for anything else.
 
 On the tiny random model every json_extract score is 0, so a score-based gate could never fail there. The
 tests gate on a "golden" eval set instead: the first 8 held-out prompts with the trained tiny adapter's own
 greedy outputs as references (exact match). The undamaged adapter scores 1.0 on it, and any change in its
-behaviour shows up as a paired drop; the regression checks' decision rule is tested on synthetic scores.
+behaviour shows up as a paired drop. The decision rules on synthetic scores: tests/test_gate_rules.py; the
+example workflow: tests/test_gate_workflow.py.
 """
 
 from __future__ import annotations
 
-import html
+import errno
 import json
 import os
 import shutil
@@ -21,14 +22,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import TINY_OVERRIDES, make_config
-from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from harness import gate, gate_report
+from harness import gate
 from harness.artifacts import REPO_ROOT, resolve_path
 from harness.evalset import freeze
-from harness.gate import CannotCompareError, GateReport, GateSettings, compare, make_baseline
-from harness.records import RESULTS_FORMAT, RunResults, from_json, write_record
+from harness.gate import GateSettings, make_baseline
+from harness.records import write_record
 
 # Short generations and no prompt baseline: the gate needs neither, and the tests stay at seconds.
 GATE_TINY = TINY_OVERRIDES + ["eval.generation.max_new_tokens=8", "eval.prompt_baseline.enabled=false"]
@@ -92,19 +92,33 @@ def test_golden_set_is_meaningful(gate_setup):
     assert heldout.score == 1.0 and heldout.n == 8
 
 
-def test_same_adapter_passes_against_its_own_baseline(gate_setup, tmp_path):
-    # A second, separate evaluation of the same adapter (greedy decoding: bit-for-bit the same outputs).
-    report, record = gate.check(gate_setup.golden_cfg, gate_setup.run_dir, gate_setup.golden_baseline,
-                                GateSettings(), reevaluate=True)
+def test_baseline_records_what_rebuilds_its_evaluation(gate_setup):
+    baseline = gate.load_baseline(gate_setup.golden_baseline)
+    assert baseline.eval_set.split == "reporting" and baseline.max_examples == 8
+    assert baseline.min_score_verdict == "meets"
+    assert "eval.name=golden" in baseline.overrides and "model.kind=tiny" in baseline.overrides
+    assert not any(o.startswith(("train.", "eval.split=")) for o in baseline.overrides)
+    rebuilt = gate.compose_gate_config(baseline.overrides)
+    assert rebuilt.eval == gate_setup.golden_cfg.eval and rebuilt.model == gate_setup.golden_cfg.model
+
+
+def test_same_adapter_passes_against_its_own_baseline(gate_setup):
+    # No overrides: the baseline supplies them. A second, separate evaluation of the same adapter (greedy: the same
+    # outputs). n=8 cannot show non-inferiority within the 0.05 margin: that check is inconclusive, not failed.
+    report, record = gate.check(gate_setup.run_dir, gate_setup.golden_baseline, GateSettings(), reevaluate=True)
     assert report.verdict == "pass" and report.exit_code == 0, report.reason
     assert record is not gate_setup.golden_record and record.kind == "gate_evaluation"
     assert report.candidate.origin.startswith("evaluated")
     first = [row.output for row in gate_setup.golden_record.stages["gate"].heldout.per_example]
-    second = [row.output for row in record.stages["gate"].heldout.per_example]
-    assert first == second
-    statuses = {c.name: c.status for c in report.checks}
-    assert statuses == {"heldout_min_score": "pass", "heldout_vs_baseline": "pass"}
+    assert first == [row.output for row in record.stages["gate"].heldout.per_example]
+    checks = {c.name: c for c in report.checks}
+    assert {name: c.status for name, c in checks.items()} == {
+        "heldout_min_score": "pass", "vs_baseline/heldout": "inconclusive"}
+    assert checks["vs_baseline/heldout"].margin == 0.05 and checks["vs_baseline/heldout"].mde > 0.05
+    assert "minimum detectable drop" in checks["vs_baseline/heldout"].message
     assert "Held-out outputs that differ from the baseline's: 0 of 8." in report.notes
+    strict, _ = gate.check(gate_setup.run_dir, gate_setup.golden_baseline, GateSettings(inconclusive="fail"))
+    assert strict.exit_code == 1 and "--inconclusive=fail" in strict.reason
 
 
 def test_damaged_adapter_fails_naming_the_check(gate_setup, tmp_path):
@@ -113,13 +127,13 @@ def test_damaged_adapter_fails_naming_the_check(gate_setup, tmp_path):
                               lambda b: torch.randn(b.shape, generator=generator) * 5)
     out = tmp_path / "report"
     code = gate.main(["check", "--candidate", str(damaged), "--baseline", str(gate_setup.golden_baseline),
-                      "--out", str(out), *gate_setup.golden_overrides])
+                      "--out", str(out)])
     assert code == 1
     report = json.loads((out / "gate.json").read_text())
     failed = {c["name"] for c in report["checks"] if c["status"] == "fail"}
-    assert failed == {"heldout_min_score", "heldout_vs_baseline"}
-    assert report["reason"].startswith("FAIL: heldout_min_score")
-    assert "heldout_vs_baseline" in report["reason"]
+    assert failed == {"heldout_min_score", "vs_baseline/heldout"}
+    assert report["reason"].startswith("FAIL: heldout_min_score") and "vs_baseline/heldout" in report["reason"]
+    assert report["exit_code"] == 1 and "Holm" in report["correction"]
     assert report["worse_examples"], "the summary shows what the damaged adapter got wrong"
 
     # JUnit: one testcase per check, failures named; tests= counts the testcases.
@@ -131,7 +145,7 @@ def test_damaged_adapter_fails_naming_the_check(gate_setup, tmp_path):
 
     summary = (out / "summary.md").read_text()
     assert summary.startswith("## ❌ Regression gate: FAIL")
-    assert "| held-out vs baseline (golden) | 1.000 | 0.000 | -1.000 |" in summary
+    assert "| vs_baseline/heldout | held-out (golden) vs the baseline adapter | 1.000 | 0.000 | -1.000 |" in summary
     candidate = json.loads((out / "candidate_results.json").read_text())
     assert candidate["adapter"]["hash"] != report["baseline"]["adapter_hash"]
 
@@ -140,7 +154,7 @@ def test_inactive_adapter_is_cannot_compare(gate_setup, tmp_path, capsys):
     zeros = _rewrite_lora_b(gate_setup.run_dir / "adapter", tmp_path / "zero_b", torch.zeros_like)
     out = tmp_path / "report"
     code = gate.main(["check", "--candidate", str(zeros), "--baseline", str(gate_setup.golden_baseline),
-                      "--out", str(out), *gate_setup.golden_overrides])
+                      "--out", str(out)])
     assert code == 2
     first_line = capsys.readouterr().out.splitlines()[0]
     assert first_line.startswith("CANNOT COMPARE: adapter canary failed")
@@ -149,34 +163,32 @@ def test_inactive_adapter_is_cannot_compare(gate_setup, tmp_path, capsys):
     assert json.loads((out / "gate.json").read_text())["verdict"] == "cannot_compare"
 
 
-def test_mismatched_eval_hash_exits_2_before_loading_a_model(gate_setup, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(("override", "differs"), [("eval.max_examples=4", "eval subset (max_examples)"),
+                                                   ("eval.split=selection", "eval split")])
+def test_mismatched_eval_set_exits_2_side_by_side_before_loading_a_model(gate_setup, tmp_path, capsys, monkeypatch,
+                                                                         override, differs):
     def no_model(*args, **kwargs):
         raise AssertionError("the gate loaded a model before refusing")
 
     monkeypatch.setattr("harness.model.load_base_model", no_model)  # gate.py imports it when it evaluates
-    # The json_extract run's eval set against the golden baseline: different eval sets, nothing to compare.
-    code = gate.main(["check", "--candidate", str(gate_setup.run_dir),
-                      "--baseline", str(gate_setup.golden_baseline),
-                      "--out", str(tmp_path / "report"), *gate_setup.run_overrides])
+    out = tmp_path / "report"
+    code = gate.main(["check", "--candidate", str(gate_setup.run_dir), "--baseline", str(gate_setup.golden_baseline),
+                      "--out", str(out), override])
     assert code == 2
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("CANNOT COMPARE: eval set hash differs: baseline ")
-    assert not (tmp_path / "report" / "candidate_results.json").exists()
-
-
-def test_different_subset_of_the_same_eval_set_is_a_different_eval_hash(gate_setup, tmp_path, capsys):
-    overrides = [o for o in gate_setup.golden_overrides if not o.startswith("eval.max_examples")]
-    code = gate.main(["check", "--candidate", str(gate_setup.run_dir),
-                      "--baseline", str(gate_setup.golden_baseline),
-                      "--out", str(tmp_path / "report"), *overrides, "eval.max_examples=4"])
-    assert code == 2
-    assert "-first4" in capsys.readouterr().out.splitlines()[0]
+    assert lines[0].startswith("CANNOT COMPARE: the candidate's setup differs from the baseline's in ")
+    assert differs in lines[0] and "eval set hash" in lines[0]
+    side_by_side = next(line for line in lines if line.strip().startswith(differs))
+    assert "baseline" in side_by_side and "candidate" in side_by_side
+    summary = (out / "summary.md").read_text()
+    assert "| | baseline | candidate |" in summary and differs in summary
+    assert not (out / "candidate_results.json").exists()
+    assert json.loads((out / "gate.json").read_text())["exit_code"] == 2
 
 
 @pytest.mark.parametrize("broken", ["baseline", "candidate", "adapter", "override", "not_a_baseline"])
 def test_missing_files_and_bad_input_exit_2(gate_setup, tmp_path, capsys, broken):
-    candidate, baseline = gate_setup.run_dir, gate_setup.golden_baseline
-    overrides = list(gate_setup.golden_overrides)
+    candidate, baseline, overrides = gate_setup.run_dir, gate_setup.golden_baseline, []
     if broken == "baseline":
         baseline = tmp_path / "missing.json"
     elif broken == "candidate":
@@ -188,15 +200,77 @@ def test_missing_files_and_bad_input_exit_2(gate_setup, tmp_path, capsys, broken
         overrides.append("eval.pork=1")
     else:
         baseline = gate_setup.run_dir / "results.json"  # a results record, not a baseline
-    code = gate.main(["check", "--candidate", str(candidate), "--baseline", str(baseline),
-                      "--out", str(tmp_path / "report"), *overrides])
-    out = capsys.readouterr().out.splitlines()
+    out = tmp_path / "report"
+    code = gate.main(["check", "--candidate", str(candidate), "--baseline", str(baseline), "--out", str(out),
+                      *overrides])
+    lines = capsys.readouterr().out.splitlines()
     assert code == 2
-    assert out[0].startswith("CANNOT COMPARE: ") and len(out[0]) > len("CANNOT COMPARE: ") + 10
+    assert lines[0].startswith("CANNOT COMPARE: ") and len(lines[0]) > len("CANNOT COMPARE: ") + 10
     expected = {"baseline": "missing.json", "candidate": "does not exist",
                 "adapter": "no adapter_model.safetensors", "override": "pork",
                 "not_a_baseline": "not a gate baseline"}[broken]
-    assert expected in out[0]
+    assert expected in lines[0]
+    assert {p.name for p in out.iterdir()} == {"gate.json", "junit.xml", "summary.md"}
+
+
+def _edited_baseline(source: Path, out: Path, edit) -> Path:
+    data = json.loads(source.read_text())
+    edit(data)
+    out.write_text(json.dumps(data))
+    return out
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda d: d["heldout"].update(n=9), "'heldout.per_example' has 8 scores, expected n=9"),
+    (lambda d: d["heldout"]["per_example"][3].update(score=2.0), "'heldout.per_example[3]' is 2.0"),
+    (lambda d: d.update(min_score_verdict="inconclusive"), "'min_score_verdict'"),
+    (lambda d: d.update(format="harness.gate/baseline-v3"), "written by an older harness"),
+    (lambda d: d["heldout"].update(score="high"), "'heldout.score' must be a number"),
+])
+def test_malformed_or_old_baseline_exits_2_naming_the_field(gate_setup, tmp_path, capsys, edit, expected):
+    baseline = _edited_baseline(gate_setup.golden_baseline, tmp_path / "baseline.json", edit)
+    out = tmp_path / "report"
+    code = gate.main(["check", "--candidate", str(gate_setup.run_dir), "--baseline", str(baseline), "--out", str(out)])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert code == 2 and first.startswith("CANNOT COMPARE: ") and expected in first, first
+    assert "baseline.json" in first and ("regenerate" in first.lower() or "write one with" in first)
+    assert json.loads((out / "gate.json").read_text())["verdict"] == "cannot_compare"
+
+
+@pytest.mark.parametrize(("target", "error", "reevaluate"), [
+    ("harness.gate.candidate_results", MemoryError("CUDA out of memory"), False),
+    ("harness.evaluate.generate", OSError(errno.ENOSPC, "No space left on device"), True),
+    ("harness.evaluate.grade", RuntimeError("grader bug: list index out of range"), True),
+    ("harness.gate.compare", KeyError("stages"), False),
+])
+def test_any_exception_exits_2_with_reports_never_1(gate_setup, tmp_path, capsys, monkeypatch, target, error,
+                                                    reevaluate):
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(target, broken)
+    out = tmp_path / "report"
+    code = gate.main(["check", "--candidate", str(gate_setup.run_dir), "--baseline", str(gate_setup.golden_baseline),
+                      "--out", str(out), *(["--reevaluate"] if reevaluate else [])])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert code == 2
+    assert first.startswith(f"ERROR (the gate could not decide): {type(error).__name__}: "), first
+    report = json.loads((out / "gate.json").read_text())
+    assert report["verdict"] == "error" and report["exit_code"] == 2 and report["reason"] == first
+    suite = ET.parse(out / "junit.xml").getroot()
+    assert suite.get("errors") == "1" and suite.get("failures") == "0"
+    assert (out / "summary.md").read_text().startswith("## ⚠️ Regression gate: ERROR")
+
+
+def test_reports_that_cannot_be_written_still_exit_2(gate_setup, tmp_path, capsys, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("harness.gate.write_reports", disk_full)
+    code = gate.main(["check", "--candidate", str(gate_setup.run_dir), "--baseline", str(gate_setup.golden_baseline),
+                      "--out", str(tmp_path / "report")])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 2 and lines[0].startswith("PASS") and "could not write the gate reports" in lines[-1]
 
 
 def test_baseline_from_missing_or_unfinished_run_exits_2(tmp_path, capsys):
@@ -208,13 +282,13 @@ def test_baseline_from_missing_or_unfinished_run_exits_2(tmp_path, capsys):
 
 
 def test_cli_subprocess_baseline_then_check_reuses_the_runs_results(gate_setup, tmp_path):
-    """This repository's CI runs the gate as a command, as a user's CI would."""
+    """This repository's CI runs the gate as a command, as a user's CI would: with no overrides."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     baseline = tmp_path / "baseline.json"
 
     def run(*args):
         return subprocess.run([sys.executable, "-m", "harness.gate", *args], cwd=REPO_ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300, check=False)
 
     made = run("baseline", "--from", str(gate_setup.run_dir), "--out", str(baseline))
     assert made.returncode == 0, made.stdout + made.stderr
@@ -224,188 +298,76 @@ def test_cli_subprocess_baseline_then_check_reuses_the_runs_results(gate_setup, 
     assert len(record["heldout"]["per_example"]) == 8 and record["heldout"]["per_example"][0]["output"] is not None
 
     checked = run("check", "--candidate", str(gate_setup.run_dir), "--baseline", str(baseline),
-                  "--out", str(tmp_path / "gate"), *gate_setup.run_overrides)
+                  "--out", str(tmp_path / "gate"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     lines = checked.stdout.splitlines()
-    assert lines[0] == "PASS: 2 of 2 checks passed"
+    assert lines[0].startswith("PASS: ")
     assert f"reused {gate_setup.run_dir / 'results.json'}" in lines[1]
     suite = ET.parse(tmp_path / "gate" / "junit.xml").getroot()
     assert suite.get("tests") == "2" and suite.get("failures") == "0"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The decision rules on synthetic per-example scores (no model).
+def test_only_a_grader_change_regrades_stored_outputs_without_a_forward_pass(gate_setup, tmp_path, monkeypatch):
+    # A candidate whose results.json is on the golden set (as a run's would be).
+    candidate = tmp_path / "candidate"
+    shutil.copytree(gate_setup.run_dir / "adapter", candidate / "adapter")
+    write_record(candidate / "results.json", gate_setup.golden_record)
+    calls = []
+    real_call = torch.nn.Module.__call__
+
+    def counting_call(module, *args, **kwargs):
+        calls.append(type(module).__name__)
+        return real_call(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", counting_call)
+    # The grader's version bumps (its scoring changed): the eval set is re-frozen, its hash changes, every input
+    # to generation stays the same.
+    monkeypatch.setitem(gate_report_grader_versions(), "exact_match", "2")
+    manifest = tmp_path / "golden_manifest_v2.json"
+    freeze(make_config([*gate_setup.golden_overrides, f"eval.manifest={manifest}"]).eval)
+    report, record = gate.check(candidate, gate_setup.golden_baseline, GateSettings(), [f"eval.manifest={manifest}"])
+    assert calls == [], f"{len(calls)} module calls: the model ran"
+    assert report.verdict == "pass", report.reason
+    assert report.candidate.origin.startswith("re-graded") and "0 model forward passes" in report.candidate.origin
+    assert any("re-graded" in note for note in report.notes)
+    assert record.final_stage.heldout.grader_versions == {"exact_match": "2"}
+    assert record.eval_set.hash != gate_setup.golden_record.eval_set.hash
+
+    # The counter works: when generation inputs changed (here: forced), the model runs.
+    gate.check(candidate, gate_setup.golden_baseline, GateSettings(), [f"eval.manifest={manifest}"], reevaluate=True)
+    assert len(calls) > 0
 
 
-def _record(heldout: list[float], regression: dict[str, list[float]], task_version: str = "1.0",
-            outputs: list[str] | None = None) -> RunResults:
-    """A complete results record with the given per-example scores, as run.build_results would write it."""
-    def summary(scores):
-        return {"score": sum(scores) / len(scores), "stderr": 0.0, "ci_low": 0.0, "ci_high": 1.0,
-                "n": len(scores)}
+def gate_report_grader_versions() -> dict:
+    from harness.graders import GRADER_VERSIONS
 
-    outputs = outputs or [""] * len(heldout)
-    per_example = [{"source": f"heldout.jsonl:{i + 1}", "prompt": "p", "output": outputs[i], "reference": "r",
-                    "score": s, "grades": {}} for i, s in enumerate(heldout)]
-    regression_scores = {t: {"task": t, "metric": "acc", "score": sum(s) / len(s), "stderr": 0.0, "n": len(s),
-                             "task_version": task_version, "per_example": s} for t, s in regression.items()}
-    cfg = OmegaConf.to_container(OmegaConf.structured(make_config(TINY_OVERRIDES)))
-    cfg["eval"]["regression"] = [{"task": t, "max_regression": 0.05, "limit": None} for t in regression]
-    record = {
-        "format": RESULTS_FORMAT, "status": "complete", "kind": "run", "run_dir": None, "config": cfg,
-        "eval_set": {"name": "synthetic", "hash": "abc", "n": len(heldout), "min_score": 0.5,
-                     "split": "reporting"},
-        "model": {"id": "m", "hash": "mh", "quantized": False, "compute_dtype": "torch.float32"},
-        "tokenizer": {"name": "T", "vocab_size": 10, "chat_template_sha256": "t"},
-        "adapter": {"path": "adapter", "hash": "ah", "r": 4, "alpha": 8.0, "target_modules": ["q_proj"]},
-        "stages": {"sft": {"heldout": {**summary(heldout), "metrics": {}, "per_example": per_example},
-                           "regression": regression_scores}},
-        "final": {"stage": "sft", "heldout": summary(heldout), "meets_min_score": True,
-                  "regression": {t: {k: v for k, v in r.items() if k != "per_example"}
-                                 for t, r in regression_scores.items()},
-                  "regression_delta": {}, "worst_regression": 0.0, "regression_ok": True},
-        "canary": {"max_logit_diff": 1.0, "outputs_changed": 1, "n": 1},
-        "metrics": {"device": "cpu", "compute_dtype": "torch.float32", "library_versions": {"torch": "2.0"},
-                    "seed": 0, "git_revision": "g", "wall_time_s": 1.0},
-    }
-    return from_json(RunResults, record)
-
-
-def _drop(scores: list[float], count: int) -> list[float]:
-    """`count` of the correct examples become wrong."""
-    out, dropped = list(scores), 0
-    for i, s in enumerate(out):
-        if s == 1.0 and dropped < count:
-            out[i], dropped = 0.0, dropped + 1
-    return out
-
-
-GENERAL = [1.0] * 150 + [0.0] * 50  # acc 0.75 on 200 docs
-HELDOUT = [1.0] * 90 + [0.0] * 10
-
-
-@pytest.mark.parametrize(
-    ("candidate_general", "status"),
-    [
-        (GENERAL, "pass"),
-        (_drop(GENERAL, 6), "pass"),  # -0.03: within the 0.05 limit, though significant
-        (_drop(GENERAL, 30), "fail"),  # -0.15, 30 losses / 0 wins: beyond the limit and significant
-    ],
-)
-def test_regression_check_limit_and_significance(candidate_general, status):
-    baseline = make_baseline(_record(HELDOUT, {"general": GENERAL}), "synthetic")
-    report = compare(baseline, _record(HELDOUT, {"general": candidate_general}), GateSettings())
-    check = {c.name: c for c in report.checks}["regression/general"]
-    assert check.status == status, check.message
-    assert report.verdict == ("fail" if status == "fail" else "pass")
-    # The exact conditional interval ends at -losses/n when nothing was won: equal to delta up to rounding.
-    assert check.test == "mcnemar" and check.ci_low - 1e-12 <= check.delta <= check.ci_high + 1e-12
-
-
-def test_regression_drop_beyond_limit_on_few_docs_is_a_warning_not_a_failure():
-    small = [1.0] * 12 + [0.0] * 8
-    baseline = make_baseline(_record(HELDOUT, {"general": small}), "synthetic")
-    report = compare(baseline, _record(HELDOUT, {"general": _drop(small, 2)}), GateSettings())  # -0.10, p=0.5
-    check = {c.name: c for c in report.checks}["regression/general"]
-    assert check.status == "warn" and check.delta == pytest.approx(-0.10)
-    assert report.verdict == "pass" and "1 warning: regression/general" in report.reason
-
-
-def test_partial_credit_scores_use_the_paired_bootstrap():
-    general = [0.2 + 0.6 * (i % 5) / 4 for i in range(100)]
-    baseline = make_baseline(_record(HELDOUT, {"general": general}), "synthetic")
-    report = compare(baseline, _record(HELDOUT, {"general": [s - 0.2 for s in general]}), GateSettings())
-    check = {c.name: c for c in report.checks}["regression/general"]
-    assert check.test == "paired_bootstrap" and check.status == "fail"
-
-
-def test_heldout_min_effect_and_alpha_are_configurable():
-    baseline = make_baseline(_record(HELDOUT, {}), "synthetic")
-    candidate = _record(_drop(HELDOUT, 8), {})  # 0.90 -> 0.82, 8 losses / 0 wins (p=0.008)
-    assert compare(baseline, candidate, GateSettings()).verdict == "fail"
-    assert compare(baseline, candidate, GateSettings(min_effect=0.10)).verdict == "pass"
-    assert compare(baseline, candidate, GateSettings(alpha=0.001)).verdict == "pass"
-
-
-@pytest.mark.parametrize("mismatch", ["regression_missing", "task_version", "tokenizer", "n"])
-def test_records_that_cannot_be_compared_are_refused(mismatch):
-    baseline = make_baseline(_record(HELDOUT, {"general": GENERAL}), "synthetic")
-    candidate = {
-        "regression_missing": _record(HELDOUT, {}),
-        "task_version": _record(HELDOUT, {"general": GENERAL}, task_version="2.0"),
-        "tokenizer": _record(HELDOUT, {"general": GENERAL}),
-        "n": _record(HELDOUT, {"general": GENERAL[:100]}),
-    }[mismatch]
-    if mismatch == "tokenizer":
-        candidate.tokenizer.chat_template_sha256 = "another template"
-    with pytest.raises(CannotCompareError):
-        compare(baseline, candidate, GateSettings())
-
-
-def test_summary_keeps_model_outputs_inert():
-    outputs = ["</td><script>alert(1)</script> | `x`\nnext"] + ["ok"] * 99
-    baseline = make_baseline(_record(HELDOUT, {}, outputs=["ok"] * 100), "synthetic")
-    report = compare(baseline, _record(_drop(HELDOUT, 1), {}, outputs=outputs), GateSettings())
-    summary = gate_report.markdown_summary(report)
-    assert "<script>" not in summary and "&lt;script&gt;" in summary
-    row = next(line for line in summary.splitlines() if "alert" in line)
-    assert row.count("|") == 4 and "`" not in row  # the output's pipe and backticks cannot break the table
-
-
-HOSTILE = "[click](http://evil) ![img](http://x/y.png) <script>alert(1)</script> @someone `rm -rf` a|b\nnext"
-
-
-def _hostile_summaries() -> tuple[str, str]:
-    """The summary of a failing comparison whose worse example's output is HOSTILE, and of a cannot-compare
-    report whose reason is HOSTILE (the reason is the heading)."""
-    outputs = [HOSTILE] + ["ok"] * 99
-    baseline = make_baseline(_record(HELDOUT, {}, outputs=["ok"] * 100), "synthetic")
-    compared = compare(baseline, _record(_drop(HELDOUT, 1), {}, outputs=outputs), GateSettings())
-    refused = GateReport(verdict="cannot_compare", reason=HOSTILE)
-    return gate_report.markdown_summary(compared), gate_report.markdown_summary(refused)
-
-
-def test_summary_renders_hostile_model_output_and_reason_inert():
-    summary, refused = _hostile_summaries()
-    row = next(line for line in summary.splitlines() if "click" in line)
-    heading = refused.splitlines()[0]
-    assert heading.startswith("## ⚠️ Regression gate: ")
-    for line in (row, heading):
-        assert "[" not in line and "](" not in line and "![" not in line  # no link or image syntax
-        assert "<" not in line and "`" not in line  # no HTML tag, no code span
-        assert "@someone" not in line and "http://" not in line  # no @-mention, no bare-URL autolink
-        assert "⏎" in line  # the output's newline did not end the line
-        # Still shown in full, as text: only escapes and zero-width spaces were added.
-        assert HOSTILE.replace("\n", " ⏎ ") in html.unescape(line).replace("\u200b", "")
-    assert row.count("|") == 4  # the output's pipe is not a cell break
-    assert "<script" not in summary and "<script" not in refused
-
-
-def test_summary_with_hostile_text_renders_to_html_without_links_images_or_scripts():
-    markdown_it = pytest.importorskip("markdown_it")
-    renderer = markdown_it.MarkdownIt("commonmark").enable("table")
-    for summary in _hostile_summaries():
-        page = renderer.render(summary)
-        assert "<a " not in page and "<img" not in page and "<script" not in page
-        assert "<code>rm -rf" not in page and "[click](http:\u200b//evil)" in page  # shown as text
+    return GRADER_VERSIONS
 
 
 # ---------------------------------------------------------------------------------------------------------
 # One real run of the regression checks (lm-eval on a local task).
 
 
-def test_regression_checks_on_a_real_lm_eval_task(gate_setup, tmp_path):
-    overrides = gate_setup.golden_overrides + [
-        "run_regression=true", "eval.regression=[{task:harness_general_mc,limit:8,max_regression:0.05}]"]
-    cfg = make_config(overrides)
-    record = gate.evaluate_candidate(cfg, gate_setup.run_dir / "adapter")
-    baseline = make_baseline(record, "regression evaluation")
+def test_forgetting_and_vs_baseline_checks_on_a_real_lm_eval_task(gate_setup, tmp_path):
+    from harness.run import run_experiment
+
+    overrides = [*gate_setup.golden_overrides, "run_regression=true",
+                 "eval.regression=[{task:harness_general_mc,limit:8,max_regression:0.05}]"]
+    results = run_experiment(make_config(overrides), tmp_path / "run", progress=False)  # records the base's scores
+    baseline = make_baseline(results, "regression run")
     assert len(baseline.regression["harness_general_mc"].per_example) == 8
+    assert len(baseline.base_regression["harness_general_mc"].per_example) == 8
+    assert any(o.startswith("eval.regression=[") for o in baseline.overrides)
     write_record(tmp_path / "baseline.json", baseline)
-    report, _ = gate.check(cfg, gate_setup.run_dir, tmp_path / "baseline.json", GateSettings(),
-                           reevaluate=True)
-    check = {c.name: c for c in report.checks}["regression/harness_general_mc"]
-    assert report.verdict == "pass" and check.delta == 0.0 and check.n == 8
+    report, _ = gate.check(tmp_path / "run", tmp_path / "baseline.json", GateSettings(), reevaluate=True)
+    checks = {c.name: c for c in report.checks}
+    assert set(checks) == {"heldout_min_score", "forgetting/harness_general_mc", "vs_baseline/heldout",
+                           "vs_baseline/harness_general_mc"}
+    assert checks["vs_baseline/harness_general_mc"].delta == 0.0 and checks["vs_baseline/harness_general_mc"].n == 8
+    forgetting = checks["forgetting/harness_general_mc"]
+    base_mean = sum(baseline.base_regression["harness_general_mc"].per_example) / 8
+    assert forgetting.reference == pytest.approx(base_mean) and forgetting.margin == 0.05
+    assert report.verdict == "pass", report.reason
 
 
 def test_a_selection_split_record_cannot_become_a_baseline(gate_setup, tmp_path):
@@ -417,22 +379,3 @@ def test_a_selection_split_record_cannot_become_a_baseline(gate_setup, tmp_path)
     assert results.eval_set.split == "selection"
     with pytest.raises(gate.CannotCompareError, match="reporting split only"):
         make_baseline(results, "selection run")
-    with pytest.raises(gate.CannotCompareError, match="reporting split only"):
-        gate.check(make_config(overrides), tmp_path / "selection_run", gate_setup.golden_baseline, GateSettings())
-
-
-def test_paired_checks_are_holm_adjusted_across_benchmarks():
-    # A benchmark with 9 losses and 1 win of 100 (-0.08, beyond the 0.05 limit): exact p = 2 * 11/1024 = 0.0215.
-    # Beside the held-out check (Holm x2: 0.043) it fails; with a second equally noisy benchmark Holm multiplies
-    # the smallest p by 3 (0.064): the gate warns instead of failing on noise spread over more benchmarks.
-    base = [1.0] * 80 + [0.0] * 20
-    dropped = _drop(base, 9)
-    dropped[80] = 1.0
-    alone = compare(make_baseline(_record(HELDOUT, {"a": base}), "s"), _record(HELDOUT, {"a": dropped}),
-                    GateSettings())
-    assert {c.name: c.status for c in alone.checks}["regression/a"] == "fail"
-    both = compare(make_baseline(_record(HELDOUT, {"a": base, "b": base}), "s"),
-                   _record(HELDOUT, {"a": dropped, "b": dropped}), GateSettings())
-    statuses = {c.name: c.status for c in both.checks}
-    assert statuses["regression/a"] == statuses["regression/b"] == "warn" and both.verdict == "pass"
-    assert "Holm-adjusted 0.064" in {c.name: c for c in both.checks}["regression/a"].message

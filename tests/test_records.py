@@ -72,12 +72,14 @@ SWEEP = {"format": records.SWEEP_FORMAT, "name": "rank", "question": "q", "comma
 BEST = {"format": records.BEST_FORMAT, "number": 3, "trial_dir": "t/003", "adapter": "t/003/adapter",
         "params": {"lora_r": 8}, "score": 0.5, "feasible": True}
 BASELINE = {"format": records.BASELINE_FORMAT, "created_from": "run/results.json", "created_at": "t",
-            "git_revision": "abc", "eval_set": EVAL_SET, "model": MODEL, "tokenizer": TOKENIZER, "adapter": ADAPTER,
-            "min_score": 0.8,
+            "git_revision": "abc", "overrides": ["model=tiny", "eval.max_examples=8"],
+            "config": {"eval": {"equivalence_margin": 0.05}}, "eval_set": EVAL_SET, "max_examples": 8, "model": MODEL,
+            "tokenizer": TOKENIZER, "adapter": ADAPTER, "min_score": 0.8, "min_score_verdict": "meets",
             "heldout": {**SUMMARY, "grader_versions": {"exact_match": "1"}, "outputs_kept": True,
                         "per_example": [{"source": "h.jsonl:1", "score": 1.0, "output": "a"},
                                         {"source": "h.jsonl:2", "score": 0.0, "output": None}]},
-            "regression": {"mc": {**REGRESSION, "max_regression": 0.05}}, "library_versions": {"trl": "1.16.0"}}
+            "regression": {"mc": {**REGRESSION, "max_regression": 0.05}}, "base_regression": {"mc": REGRESSION},
+            "library_versions": {"trl": "1.16.0"}}
 CACHE = {"format": records.BASELINE_CACHE_FORMAT, "key": "k", "eval_set_hash": "abc", "model_id": "tiny",
          "model_hash": "0123", "zero_shot": HELDOUT, "prompt_baseline": HELDOUT, "regression": {"mc": REGRESSION}}
 
