@@ -58,12 +58,18 @@ class BenchmarkTask:
     overrides: dict[str, Any] = field(default_factory=dict)
     data_files: dict[str, Path] = field(default_factory=dict)  # split -> absolute local file, as scored
 
-    def spec(self) -> str | dict[str, Any]:
-        """The task as lm-eval's TaskManager.load takes it. With overrides, the YAML is loaded with its functions
-        resolved, which imports the task's code: call it after seeding, where lm-eval's own load would run."""
+    def spec(self, folder: Path) -> str:
+        """The task as lm-eval's TaskManager.load takes it: its name, or with overrides the path of a YAML written
+        into `folder` that includes the task's own YAML and replaces those keys (what an lm-eval user writes). Either
+        way lm-eval resolves the task's functions, importing its code, when it loads it: after seeding."""
         if not self.overrides:
             return self.name
-        return {**load_yaml(self.yaml_path, resolve_func=True), **self.overrides}
+        import yaml
+
+        path = folder / f"{self.name}.yaml"
+        path.write_text(yaml.safe_dump({"include": str(self.yaml_path), **self.overrides}, sort_keys=False),
+                        encoding="utf-8")
+        return str(path)
 
 
 def resolve_benchmark(benchmark: RegressionBenchmark, key: str = "benchmark") -> BenchmarkTask:
@@ -278,7 +284,7 @@ def _task_code(yaml_path: Path, config: dict[str, Any]) -> list[Path]:
     pending = [path for value in _strings(config) if (path := _function_file(value)) is not None]
     while pending:
         path = pending.pop()
-        if path in found or not path.is_file():
+        if not path.is_file() or (path := path.resolve()) in found:
             continue
         found.append(path)
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))

@@ -13,14 +13,12 @@ the same model, task, limit and settings (docs/benchmarks.md says which settings
 from __future__ import annotations
 
 import math
-import random
 import sys
+import tempfile
 from pathlib import Path
 
 import lm_eval
-import numpy as np
 from lm_eval.models.huggingface import HFLM
-from lm_eval.utils import set_torch_seed
 
 from harness.benchmarks import (
     REGRESSION_TASKS_DIR,
@@ -50,31 +48,33 @@ def run_benchmark(model, tokenizer, benchmark: RegressionBenchmark, batch_size: 
     manager = task_manager(task.include_path)
     batch_size = benchmark.batch_size or batch_size
 
-    # 2. Seed as lm-eval's entry point does, then build the model wrapper and the task, in its order: lm-eval seeds
-    #    first and loads the task (importing its code) afterwards, and some scorers draw from Python's global RNG,
-    #    so what those imports draw shifts the scorer's checks. simple_evaluate is told not to seed again.
+    # 2. Evaluate, seeded by simple_evaluate exactly as `lm_eval run --seed <seed>` seeds (all four seeds). lm-eval
+    #    seeds first and builds the task afterwards, importing its code, and some scorers draw from Python's global
+    #    RNG: so the task goes in by name (or as a YAML naming its local data), never built here before seeding,
+    #    and its own modules are imported afresh, so that their import-time draws recur at every call as in a fresh
+    #    process. HFLM switches the model to eval mode (no dropout); the caller's mode is restored.
     was_training = model.training
     try:
-        lm, tasks = _seed_and_build(task, seed, lambda: HFLM(pretrained=model, tokenizer=tokenizer,
-                                                             batch_size=batch_size))
-
-        # 3. Evaluate. HFLM switches the model to eval mode (no dropout); the caller's mode is restored.
-        results = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=tasks,
-            task_manager=manager,
-            limit=benchmark.limit,
-            num_fewshot=benchmark.num_fewshot,
-            gen_kwargs={"max_gen_toks": benchmark.max_gen_toks} if benchmark.max_gen_toks else None,
-            log_samples=True,
-            apply_chat_template=benchmark.apply_chat_template,
-            # lm_eval run's default: few-shot examples as turns exactly when the chat template is applied
-            fewshot_as_multiturn=benchmark.apply_chat_template,
-            random_seed=None,
-            numpy_random_seed=None,
-            torch_random_seed=None,
-            fewshot_random_seed=seed,
-        )
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        with tempfile.TemporaryDirectory(prefix="harness-task-") as folder:
+            spec = task.spec(Path(folder))
+            _forget_task_code(task)
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[spec],
+                task_manager=manager,
+                limit=benchmark.limit,
+                num_fewshot=benchmark.num_fewshot,
+                gen_kwargs={"max_gen_toks": benchmark.max_gen_toks} if benchmark.max_gen_toks else None,
+                log_samples=True,
+                apply_chat_template=benchmark.apply_chat_template,
+                # lm_eval run's default: few-shot examples as turns exactly when the chat template is applied
+                fewshot_as_multiturn=benchmark.apply_chat_template,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
     finally:
         model.train(was_training)
 
@@ -90,38 +90,10 @@ def run_benchmark(model, tokenizer, benchmark: RegressionBenchmark, batch_size: 
     return scores
 
 
-# Python-RNG words that third-party imports drew at a task's first build in this process, per (task, seed). The
-# task's own code is re-imported at every build (its module-level draws recur, as in a fresh process); a library it
-# imports is imported once, so a later build replays its draws: every call hands the scorer the state a fresh
-# `lm_eval run --seed <seed>` process gives it, and a base model and its adapter are scored with the same checks.
-_BUILD_DRAWS: dict[tuple[str, int], int] = {}
-_MAX_REPLAY_WORDS = 1 << 16
-
-
-def _seed_and_build(task, seed: int, make_lm):
-    """lm-eval's seeding (simple_evaluate's random / numpy / torch seeds), then its model wrapper and the task."""
-    random.seed(seed)
-    np.random.seed(seed)
-    set_torch_seed(seed)
-    seeded = random.getstate()
-    lm = make_lm()
-    _forget_task_code(task)
-    loaded = task_manager(task.include_path).load([task.spec()])
-    groups = loaded.get("groups") or {}
-    tasks = [groups[task.name]] if task.name in groups else list(loaded["tasks"].values())
-    key = (task.name, seed)
-    before_replay = random.getstate()
-    drawn = _words_drawn(seeded, before_replay)
-    if key not in _BUILD_DRAWS:
-        _BUILD_DRAWS[key] = drawn
-    elif drawn < _BUILD_DRAWS[key]:
-        random.setstate(seeded)
-        random.getrandbits(32 * _BUILD_DRAWS[key])
-    return lm, tasks
-
-
 def _forget_task_code(task) -> None:
-    """Drop the task's own modules from sys.modules, so that lm-eval imports (runs) them again after seeding."""
+    """Drop the task's own modules from sys.modules, so that lm-eval imports (runs) them again after seeding; lm-eval
+    itself keeps a task module it loaded once. A library the task imports is imported once per process: draws at
+    its first import are not repeated (docs/benchmarks.md)."""
     files = set(task_code_files(task))
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
@@ -130,19 +102,6 @@ def _forget_task_code(task) -> None:
             parent, _, child = name.rpartition(".")
             if getattr(sys.modules.get(parent), child, None) is module:  # `from package import child` reuses it
                 delattr(sys.modules[parent], child)
-
-
-def _words_drawn(start, end) -> int:
-    """How many 32-bit Mersenne Twister outputs lead from state `start` to `end` (0 if it is not a plain advance)."""
-    if start == end:
-        return 0
-    probe = random.Random()
-    probe.setstate(start)
-    for words in range(1, _MAX_REPLAY_WORDS):
-        probe.getrandbits(32)
-        if probe.getstate()[1] == end[1]:
-            return words
-    return 0
 
 
 def score_regression(model, tokenizer, eval_cfg) -> dict[str, RegressionScore]:

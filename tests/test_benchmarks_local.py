@@ -22,7 +22,6 @@ import torch
 from harness.benchmarks import LM_EVAL_TASKS_DIR, check_benchmark
 from harness.config import RegressionBenchmark
 from harness.regression import run_benchmark
-from tests.conftest import make_config
 
 FIXTURES = Path(__file__).resolve().parent / "benchmarks_local"
 LIMIT = 4
@@ -144,6 +143,7 @@ def test_missing_task_module_is_found_before_any_generation(capsys):
 def test_missing_nltk_data_is_found_before_any_generation(tmp_path, capsys):
     task = tmp_path / "needs_nltk"
     shutil.copytree(FIXTURES / "needs_missing", task)
+    shutil.copytree(FIXTURES / "spot_check", tmp_path / "spot_check")  # its data file
     (task / "scorer_helpers.py").write_text("def check(response):\n    return 1.0\n")
     with pytest.raises(ValueError, match=r"NLTK data that is not on this machine: tokenizers/harness_missing_resource"
                                          r".*python -m nltk.downloader harness_missing_resource"):
@@ -169,14 +169,18 @@ def test_ifeval_on_local_data_names_what_to_install(tmp_path):
 
 
 def test_benchmark_errors_name_the_dotted_key(tmp_path):
-    with pytest.raises(ValueError, match=r"eval.regression\[0\].limit=0 must be >= 1"):
-        make_config(["eval.regression=[{task: arc_easy, limit: 0}]"])
-    with pytest.raises(ValueError, match=r"eval.regression\[0\].max_gen_tokens: unknown key"):
-        make_config(["eval.regression=[{task: arc_easy, max_gen_tokens: 8}]"])
+    from harness.validate import compose_run_config
+
+    with pytest.raises(ValueError, match=r"eval.regression\[1\].limit=0 must be >= 1"):
+        compose_run_config(["eval.regression=[{task: arc_easy}, {task: arc_easy, limit: 0}]"])
+    with pytest.raises(ValueError, match=r"eval.regression\[0\].num_fewshot=-1 must be >= 0"):
+        compose_run_config(["eval.regression=[{task: arc_easy, num_fewshot: -1}]"])
+    with pytest.raises(ValueError, match=r"'eval.regression'.*Key 'max_gen_tokens' not in 'RegressionBenchmark'"):
+        compose_run_config(["eval.regression=[{task: arc_easy, max_gen_tokens: 8}]"])
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(ValueError, match=rf"eval.regression\[0\].data_files.test={missing}: file not found"):
         check_benchmark(RegressionBenchmark(task="arc_easy", data_files={"test": str(missing)}), "eval.regression[0]")
-    with pytest.raises(ValueError, match=r"scores its 'test' split"):
+    with pytest.raises(ValueError, match=r"scores its 'test' or 'validation' split"):
         check_benchmark(RegressionBenchmark(task="arc_easy", data_files={"dev": str(FIXTURES / "arc_easy_test.jsonl")}))
     with pytest.raises(ValueError, match=r"benchmark.metric='f1': task 'arc_easy' reports acc, acc_norm"):
         check_benchmark(RegressionBenchmark(task="arc_easy", metric="f1",
