@@ -54,6 +54,7 @@ class BenchmarkTask:
     kind: Kind
     yaml_path: Path | None  # None for a tag or a Python-defined task
     include_path: str | None
+    manager: TaskManager = field(repr=False)  # the index it was found in: simple_evaluate loads it from there
     # keys replacing the task YAML's own (local data); empty: lm-eval builds the task from its name, untouched
     overrides: dict[str, Any] = field(default_factory=dict)
     data_files: dict[str, Path] = field(default_factory=dict)  # split -> absolute local file, as scored
@@ -75,14 +76,19 @@ class BenchmarkTask:
 def resolve_benchmark(benchmark: RegressionBenchmark, key: str = "benchmark") -> BenchmarkTask:
     """The benchmark's task in lm-eval's index with its local-data overrides; ValueError naming `key` otherwise."""
     include_path = _include_path(benchmark, key)
-    manager = task_manager(include_path)
+    # The project's and the user's tasks are indexed in milliseconds; lm-eval's ~15k YAMLs take seconds, so they are
+    # indexed only for a task found nowhere else (or a group or tag, whose members may be lm-eval's).
+    manager = task_manager(include_path, with_lm_eval=False)
+    local = manager.task_index.get(benchmark.task)
+    if local is None or local.kind != Kind.TASK:
+        manager = task_manager(include_path)
     if benchmark.task not in manager.task_index:
         where = f", nor in include_path {include_path}" if include_path else " (a task of your own: set include_path)"
         raise ValueError(f"{key}.task={benchmark.task!r}: unknown lm-eval task: not one of lm-eval's tasks, groups or "
                          f"tags, nor defined under {REGRESSION_TASKS_DIR}{where}")
     entry = manager.task_index[benchmark.task]
     yaml_path = Path(entry.yaml_path).resolve() if entry.yaml_path else None
-    task = BenchmarkTask(benchmark.task, entry.kind, yaml_path, include_path)
+    task = BenchmarkTask(benchmark.task, entry.kind, yaml_path, include_path, manager)
     if benchmark.data_files is not None:
         if entry.kind != Kind.TASK or yaml_path is None:
             raise ValueError(f"{key}.data_files: {benchmark.task!r} is a group or tag of several tasks, each with its "
@@ -140,16 +146,17 @@ def task_code_files(task: BenchmarkTask) -> list[Path]:
 
 def task_version(task: BenchmarkTask) -> str:
     if task.yaml_path is None:
-        entry_cfg = task_manager(task.include_path).task_index[task.name].cfg or {}
+        entry_cfg = task.manager.task_index[task.name].cfg or {}
         return str((entry_cfg.get("metadata") or {}).get("version", "unversioned"))
     return str((_raw_config(task.yaml_path).get("metadata") or {}).get("version", "unversioned"))
 
 
 @functools.lru_cache(maxsize=8)
-def task_manager(include_path: str | None) -> TaskManager:
-    # Indexing lm-eval's ~15k task YAMLs takes seconds; a sweep asks once per trial and benchmark.
+def task_manager(include_path: str | None, with_lm_eval: bool = True) -> TaskManager:
+    """lm-eval's task index over evals/regression/ and `include_path` (and, with_lm_eval, lm-eval's own tasks, which
+    takes seconds: cached, as a sweep asks once per trial and benchmark)."""
     include_paths = [str(REGRESSION_TASKS_DIR)] + ([include_path] if include_path else [])
-    return TaskManager(include_path=include_paths)
+    return TaskManager(include_path=include_paths, include_defaults=with_lm_eval)
 
 
 # ---------------------------------------------------------------------------------------------------------

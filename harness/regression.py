@@ -25,7 +25,6 @@ from harness.benchmarks import (
     check_benchmark,
     task_code_files,
     task_identity,
-    task_manager,
     task_version,
 )
 from harness.config import RegressionBenchmark
@@ -45,7 +44,6 @@ def run_benchmark(model, tokenizer, benchmark: RegressionBenchmark, batch_size: 
     """
     # 1. Resolve and check the task before any model call: unknown names, missing data files, modules, NLTK data.
     task = check_benchmark(benchmark, key)
-    manager = task_manager(task.include_path)
     batch_size = benchmark.batch_size or batch_size
 
     # 2. Evaluate, seeded by simple_evaluate exactly as `lm_eval run --seed <seed>` seeds (all four seeds). lm-eval
@@ -62,7 +60,7 @@ def run_benchmark(model, tokenizer, benchmark: RegressionBenchmark, batch_size: 
             results = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=[spec],
-                task_manager=manager,
+                task_manager=task.manager,
                 limit=benchmark.limit,
                 num_fewshot=benchmark.num_fewshot,
                 gen_kwargs={"max_gen_toks": benchmark.max_gen_toks} if benchmark.max_gen_toks else None,

@@ -220,8 +220,9 @@ def check_inputs(cfg: RunConfig, with_model: bool = False) -> DataCard:
     load_tokenizer_checked(cfg)  # a clean error for a model whose tokenizer cannot load, before the data checks
     if with_model:
         check_target_modules(cfg)
+    card = prepare_inputs(cfg, show_card=False).card
     check_benchmarks(cfg)
-    return prepare_inputs(cfg, show_card=False).card
+    return card
 
 
 def check_benchmarks(cfg: RunConfig) -> None:
