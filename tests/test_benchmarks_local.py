@@ -187,3 +187,36 @@ def test_benchmark_errors_name_the_dotted_key(tmp_path):
                                             data_files={"test": str(FIXTURES / "arc_easy_test.jsonl")}))
     with pytest.raises(ValueError, match=r"benchmark.task='no_such_task_xyz': unknown lm-eval task"):
         check_benchmark(RegressionBenchmark(task="no_such_task_xyz"))
+
+
+def test_validate_refuses_a_bad_benchmark_with_exit_2(capsys):
+    from harness import validate
+
+    code = validate.main(["model=tiny", "eval.regression=[{task: arc_easy, data_files: {test: /no/such.jsonl}}]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "error: eval.regression[0].data_files.test=/no/such.jsonl: file not found" in err
+
+
+def test_a_filtered_metric_is_chosen_by_name_and_filter():
+    from harness.regression import _regression_score
+
+    # The shape lm-eval 0.4.13 returns for a gsm8k-style task: every doc logged once per filter.
+    samples = [{"doc_id": d, "filter": f, "exact_match": v, "metrics": ["exact_match"]}
+               for f, values in (("strict-match", [0.0, 1.0]), ("flexible-extract", [1.0, 1.0]))
+               for d, v in enumerate(values)]
+    results = {"samples": {"gsm8k": samples}, "versions": {"gsm8k": 3.0},
+               "configs": {"gsm8k": {"output_type": "generate_until", "num_fewshot": 5,
+                                     "generation_kwargs": {"max_gen_toks": 256},
+                                     "metric_list": [{"metric": "exact_match"}]}},
+               "results": {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.5,
+                                     "exact_match_stderr,strict-match": 0.5, "exact_match,flexible-extract": 1.0,
+                                     "exact_match_stderr,flexible-extract": 0.0}}}
+    primary = _regression_score(results, "gsm8k", None, "benchmark", 256)
+    assert (primary.filter, primary.score, primary.per_example) == ("strict-match", 0.5, [0.0, 1.0])
+    chosen = _regression_score(results, "gsm8k", "exact_match,flexible-extract", "benchmark", 256)
+    assert (chosen.filter, chosen.score, chosen.per_example) == ("flexible-extract", 1.0, [1.0, 1.0])
+    assert chosen.metrics == {"exact_match,strict-match": 0.5, "exact_match,flexible-extract": 1.0}
+    assert (chosen.num_fewshot, chosen.max_gen_toks) == (5, 256)
+    with pytest.raises(ValueError, match=r"benchmark.metric='exact_match,nope': task 'gsm8k' reported"):
+        _regression_score(results, "gsm8k", "exact_match,nope", "benchmark", 256)
