@@ -66,10 +66,11 @@ def baseline_key(base: BaseModel, cfg: RunConfig, eval_set_hash: str, fewshot: l
 def _benchmark_identity(benchmark, key: str) -> dict:
     """A benchmark's settings and its task's content hashes; the paths it names (data_files, include_path) are left
     out, so the same files spelled another way are the same key, and edited files are another."""
-    from harness.benchmarks import resolve_benchmark, task_identity
+    from harness.benchmarks import check_benchmark, task_identity
 
+    # checked, not only resolved: a missing task requirement fails here, before the baselines generate anything
     settings = {name: value for name, value in asdict(benchmark).items() if name not in ("data_files", "include_path")}
-    return {**settings, "identity": task_identity(resolve_benchmark(benchmark, key))}
+    return {**settings, "identity": task_identity(check_benchmark(benchmark, key))}
 
 
 def fewshot_examples(cfg: RunConfig, fewshot_pool: list[Conversation]) -> list[Conversation]:
