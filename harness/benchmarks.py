@@ -96,6 +96,7 @@ def resolve_benchmark(benchmark: RegressionBenchmark, key: str = "benchmark") ->
         task.data_files = {split: _data_file(f"{key}.data_files.{split}", path)
                            for split, path in benchmark.data_files.items()}
         task.overrides = _local_data_overrides(_raw_config(yaml_path), task.data_files, key)
+        _check_fewshot_source({**_raw_config(yaml_path), **task.overrides}, benchmark, key)
     elif entry.kind == Kind.TASK and yaml_path is not None and not yaml_path.is_relative_to(LM_EVAL_TASKS_DIR):
         # An out-of-tree task: relative data_files are read against its YAML's folder, not the working directory.
         data_files = (_raw_config(yaml_path).get("dataset_kwargs") or {}).get("data_files")
@@ -200,6 +201,16 @@ def _local_data_overrides(config: dict[str, Any], data_files: dict[str, Path], k
         raise ValueError(f"{key}.data_files names {', '.join(map(repr, data_files))}: task {config['task']!r} "
                          f"scores its {wanted or 'test'} split; name that split's file")
     return overrides
+
+
+def _check_fewshot_source(config: dict[str, Any], benchmark: RegressionBenchmark, key: str) -> None:
+    """Few-shot examples come from the fewshot or training split (or samples in the YAML): refuse now, not mid-run."""
+    shots = benchmark.num_fewshot if benchmark.num_fewshot is not None else config.get("num_fewshot") or 0
+    samples = (config.get("fewshot_config") or {}).get("samples")
+    if shots and not samples and config.get("fewshot_split") is None and config.get("training_split") is None:
+        where = "num_fewshot" if benchmark.num_fewshot is not None else "data_files"
+        raise ValueError(f"{key}.{where}: task {config['task']!r} takes {shots} few-shot examples from its training "
+                         "split, and data_files has none: add its file (train: ...) or set num_fewshot: 0")
 
 
 def _raw_config(yaml_path: Path) -> dict[str, Any]:

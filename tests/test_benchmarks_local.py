@@ -182,6 +182,9 @@ def test_benchmark_errors_name_the_dotted_key(tmp_path):
         check_benchmark(RegressionBenchmark(task="arc_easy", data_files={"test": str(missing)}), "eval.regression[0]")
     with pytest.raises(ValueError, match=r"scores its 'test' or 'validation' split"):
         check_benchmark(RegressionBenchmark(task="arc_easy", data_files={"dev": str(FIXTURES / "arc_easy_test.jsonl")}))
+    with pytest.raises(ValueError, match=r"benchmark.num_fewshot: task 'arc_easy' takes 2 few-shot examples"):
+        check_benchmark(RegressionBenchmark(task="arc_easy", num_fewshot=2,
+                                            data_files={"test": str(FIXTURES / "arc_easy_test.jsonl")}))
     with pytest.raises(ValueError, match=r"benchmark.metric='f1': task 'arc_easy' reports acc, acc_norm"):
         check_benchmark(RegressionBenchmark(task="arc_easy", metric="f1",
                                             data_files={"test": str(FIXTURES / "arc_easy_test.jsonl")}))
