@@ -37,16 +37,15 @@ def baseline_key(base: BaseModel, cfg: RunConfig, eval_set_hash: str, fewshot: l
     The base model's content, quantization and kernels; the tokenizer and chat template; the eval set and split
     (`eval_set_hash`: data, graders, generation, prompt baseline, split); the few-shot examples actually used
     (taken from the training file, so a new training file is a new key; none for train=dpo); the generation
-    settings; each regression task's version, YAML and data hashes; and the library versions.
+    settings; each regression benchmark's settings and its task's version, YAML, code and data hashes; and the
+    library versions.
     """
     from harness.artifacts import library_versions
     from harness.run import tokenizer_identity
 
     regression = []
     if cfg.run_regression:
-        from harness.regression import regression_task_identity
-
-        regression = [{**asdict(b), "identity": regression_task_identity(b.task)} for b in cfg.eval.regression]
+        regression = [_benchmark_identity(b, f"eval.regression[{i}]") for i, b in enumerate(cfg.eval.regression)]
     identity = {
         "model_hash": base.model_hash,
         "quantized": base.quantized,
@@ -62,6 +61,16 @@ def baseline_key(base: BaseModel, cfg: RunConfig, eval_set_hash: str, fewshot: l
         "library_versions": library_versions(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _benchmark_identity(benchmark, key: str) -> dict:
+    """A benchmark's settings and its task's content hashes; the paths it names (data_files, include_path) are left
+    out, so the same files spelled another way are the same key, and edited files are another."""
+    from harness.benchmarks import check_benchmark, task_identity
+
+    # checked, not only resolved: a missing task requirement fails here, before the baselines generate anything
+    settings = {name: value for name, value in asdict(benchmark).items() if name not in ("data_files", "include_path")}
+    return {**settings, "identity": task_identity(check_benchmark(benchmark, key))}
 
 
 def fewshot_examples(cfg: RunConfig, fewshot_pool: list[Conversation]) -> list[Conversation]:

@@ -146,11 +146,41 @@ class GenerationConfig:
 
 @dataclass
 class RegressionBenchmark:
-    """One lm-eval task used to detect forgetting."""
+    """One lm-eval task used to detect forgetting: a standard lm-eval task, one of evals/regression/, or a task in a
+    folder of your own (include_path), optionally pointed at local data files. One entry is one lm-eval run
+    (seeded on its own), so its numbers equal `lm_eval run` with the same settings (docs/benchmarks.md)."""
 
-    task: str = ""  # an lm-eval task name (local tasks under evals/regression or standard ones)
-    max_regression: float = 0.05  # tolerated drop in the task's score vs the base model (absolute, 0..1)
+    task: str = ""  # an lm-eval task name: lm-eval's own (arc_easy, gsm8k, ...), evals/regression/'s, include_path's
+    max_regression: float = 0.05  # tolerated drop in `metric` vs the base model (absolute, in the metric's units)
     limit: Optional[int] = None  # evaluate only the first N docs (None = all)
+    # a folder of lm-eval task YAMLs anywhere on disk (lm_eval --include_path); its tasks win over same-named ones
+    include_path: Optional[str] = None
+    # split -> local .json/.jsonl/.parquet/.csv file, in the task's own schema: replaces the task's (hub) dataset, so
+    # a standard task runs offline on a local copy. Splits not named here are dropped from the task.
+    data_files: Optional[dict[str, str]] = None
+    # the metric max_regression applies to: a name the task reports (acc, exact_match) or lm-eval's "name,filter"
+    # (exact_match,flexible-extract); None = acc for multiple-choice tasks, else the task's first metric
+    metric: Optional[str] = None
+    # render prompts with the tokenizer's chat template (lm_eval --apply_chat_template); few-shot examples are then
+    # turns (--fewshot_as_multiturn, lm-eval's default with a template). Compare models only at the same setting.
+    apply_chat_template: bool = True
+    num_fewshot: Optional[int] = None  # None = the task's own (lm_eval --num_fewshot)
+    max_gen_toks: Optional[int] = None  # generation tasks: None = the task's own (lm_eval --gen_kwargs max_gen_toks=N)
+    batch_size: Optional[int] = None  # None = eval.regression_batch_size; some tasks' scores change with it
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            raise ValueError("RegressionBenchmark.task is empty: name an lm-eval task")
+        if not (math.isfinite(self.max_regression) and self.max_regression >= 0):
+            raise ValueError(f"RegressionBenchmark.max_regression={self.max_regression} must be a finite number >= 0")
+        for name in ("limit", "max_gen_toks", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"RegressionBenchmark.{name}={value} must be >= 1 (or null)")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ValueError(f"RegressionBenchmark.num_fewshot={self.num_fewshot} must be >= 0 (or null)")
+        if self.data_files is not None and not self.data_files:
+            raise ValueError("RegressionBenchmark.data_files is empty: name at least one split's file (or null)")
 
 
 @dataclass
@@ -452,6 +482,7 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     """
     _refuse_unknown_keys(cfg, RunConfig, "")
     _check_graders(cfg)
+    _check_benchmarks(cfg)
     run_config = OmegaConf.to_object(cfg)
     assert isinstance(run_config, RunConfig), type(run_config)
     run_config.validate()
@@ -474,6 +505,15 @@ def _refuse_unknown_keys(node, schema, prefix: str) -> None:
             for index, item in enumerate(value):
                 if isinstance(item, DictConfig):
                     _refuse_unknown_keys(item, OmegaConf.get_type(item), f"{dotted}[{index}].")
+
+
+def _check_benchmarks(cfg: DictConfig) -> None:
+    """Benchmark errors name the dotted key (eval.regression[0].limit), not the schema class."""
+    for index, benchmark in enumerate(OmegaConf.select(cfg, "eval.regression") or []):
+        try:
+            RegressionBenchmark(**OmegaConf.to_container(benchmark, resolve=True))
+        except ValueError as err:
+            raise ValueError(str(err).replace("RegressionBenchmark.", f"eval.regression[{index}].")) from None
 
 
 def _check_graders(cfg: DictConfig) -> None:

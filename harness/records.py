@@ -24,12 +24,12 @@ from harness.recordio import RecordError, from_json, read_record, to_json, write
 
 __all__ = ["RecordError", "from_json", "read_record", "to_json", "write_record"]  # the codec, re-exported
 
-RESULTS_FORMAT = "harness.results/v3"
+RESULTS_FORMAT = "harness.results/v4"
 TRIAL_FORMAT = "harness.trial/v2"
 SWEEP_FORMAT = "harness.sweep/v2"
 BEST_FORMAT = "harness.best/v1"
 BASELINE_FORMAT = "harness.gate/baseline-v4"
-BASELINE_CACHE_FORMAT = "harness.baseline-cache/v1"
+BASELINE_CACHE_FORMAT = "harness.baseline-cache/v2"
 VERDICTS_FORMAT = "harness.verdicts/v1"
 
 
@@ -94,16 +94,26 @@ class ScoreSummary:
 
 @dataclass
 class RegressionSummary:
-    """One lm-eval task's primary metric for one model, without the per-doc scores."""
+    """One lm-eval task for one model: the metric its limit applies to, every metric it reported, and the settings
+    that decide the numbers (the same settings give `lm_eval run`'s numbers; see docs/benchmarks.md)."""
 
     task: str
-    metric: str  # `acc` for multiple-choice tasks, the task's first metric otherwise
+    metric: str  # the chosen metric (benchmark `metric`; default acc for multiple-choice tasks, else the first)
     score: float
     stderr: float  # as lm-eval reports it; NaN when it computed none
     n: int  # docs scored (after `limit`)
     task_version: str  # the task YAML's metadata.version: scores compare only at equal versions
     batch_size: int = 0  # some tasks' scores change with it
     limit: int | None = None
+    # every metric lm-eval reported for the task, keyed as in its results ("acc,none", "exact_match,strict-match")
+    metrics: dict[str, float] = field(default_factory=dict)
+    filter: str = "none"  # the lm-eval filter `metric` was read under (gsm8k: strict-match / flexible-extract)
+    apply_chat_template: bool = True
+    num_fewshot: int = 0  # as evaluated (the benchmark's, else the task's own)
+    max_gen_toks: int | None = None  # as evaluated, for generation tasks; None for log-likelihood tasks
+    seed: int = 0  # lm-eval's four seeds (python, numpy, torch, few-shot), set as `lm_eval run --seed` does
+    # what decides the task's numbers besides the model, as content hashes (harness.benchmarks.task_identity)
+    task_identity: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

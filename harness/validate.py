@@ -4,7 +4,8 @@
     python -m harness validate --with-model model=hf model.name_or_path=/models/x   # also LoRA target names
 
 Config (schema, ranges, unknown keys, cross-field rules), the frozen eval set and its gold answers, the training
-and preference data, the chat template and the assistant-only loss mask, and leakage; then the data card (rows
+and preference data, the chat template and the assistant-only loss mask, leakage, and the regression benchmarks
+(task known, local data files there, the Python modules and NLTK data their code needs); then the data card (rows
 read / kept / deduplicated / truncated or dropped for length, warnings each with file:line) on stdout. Exit 0 when
 everything passes, 2 with one `error: <file>:<line>: ...` line on stderr otherwise.
 
@@ -240,7 +241,18 @@ def check_inputs(cfg: RunConfig, with_model: bool = False) -> DataCard:
     load_tokenizer_checked(cfg)  # a clean error for a model whose tokenizer cannot load, before the data checks
     if with_model:
         check_target_modules(cfg)
-    return prepare_inputs(cfg, show_card=False).card
+    card = prepare_inputs(cfg, show_card=False).card
+    check_benchmarks(cfg)
+    return card
+
+
+def check_benchmarks(cfg: RunConfig) -> None:
+    """The regression benchmarks resolve, their data files exist, and the modules and NLTK data their tasks' code
+    needs are installed: checked before any model loads, not found out after all generation."""
+    if cfg.run_regression and cfg.eval.regression:
+        from harness.regression import check_regression
+
+        check_regression(cfg.eval)
 
 
 def main(argv: list[str]) -> int:
@@ -273,6 +285,7 @@ def precheck(argv: list[str]) -> None:
     try:
         cfg = compose_run_config([arg for arg in argv if not arg.startswith("hydra.")])
         check_model_source(cfg)
+        check_benchmarks(cfg)
         try:
             check_target_modules(cfg)  # config.json on the meta device: an unknown name fails before any weight loads
         except OSError:  # no config.json reachable (e.g. a hub id not cached offline): the run reports it cleanly

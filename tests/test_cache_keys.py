@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-import harness.regression
+import harness.benchmarks
 from harness.artifacts import REPO_ROOT
 from harness.baselines import baseline_key, fewshot_examples
 from harness.data import Conversation
@@ -72,8 +72,8 @@ def test_library_versions_change_the_key(base, cfg, monkeypatch):
 def test_editing_a_regression_tasks_data_changes_the_key(base, tmp_path, monkeypatch):
     tasks = tmp_path / "regression"
     shutil.copytree(REPO_ROOT / "evals" / "regression" / "harness_general_mc", tasks / "harness_general_mc")
-    monkeypatch.setattr(harness.regression, "REGRESSION_TASKS_DIR", tasks)
-    harness.regression._task_manager.cache_clear()
+    monkeypatch.setattr(harness.benchmarks, "REGRESSION_TASKS_DIR", tasks)
+    harness.benchmarks.task_manager.cache_clear()
     try:
         cfg = make_config(["model=tiny", "run_regression=true", "eval.regression=[{task: harness_general_mc}]"])
         before = baseline_key(base, cfg, "h", SHOTS)
@@ -87,4 +87,23 @@ def test_editing_a_regression_tasks_data_changes_the_key(base, tmp_path, monkeyp
         assert baseline_key(base, cfg, "h", SHOTS) != edited, "a prompt edit changes it too"
         assert baseline_key(base, replace(cfg, run_regression=False), "h", SHOTS) != before
     finally:
-        harness.regression._task_manager.cache_clear()
+        harness.benchmarks.task_manager.cache_clear()
+
+
+def test_local_benchmark_data_changes_the_key_and_its_path_spelling_does_not(base, tmp_path, monkeypatch):
+    data = tmp_path / "arc.jsonl"
+    shutil.copy(REPO_ROOT / "tests" / "benchmarks_local" / "arc_easy_test.jsonl", data)
+    monkeypatch.chdir(tmp_path)
+
+    def key(path: str, **settings) -> str:
+        benchmark = {"task": "arc_easy", "data_files": {"test": path}, **settings}
+        cfg = make_config(["model=tiny", "run_regression=true", f"eval.regression=[{benchmark}]".replace("'", "")])
+        return baseline_key(base, cfg, "h", SHOTS)
+
+    before = key(str(data))
+    assert key("arc.jsonl") == key("./arc.jsonl") == before, "the same file spelled another way is the same key"
+    assert key(str(data), num_fewshot=0) != before and key(str(data), apply_chat_template=False) != before
+    assert key(str(data), max_gen_toks=9) != before and key(str(data), batch_size=3) != before
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")  # same rows, another order
+    assert key(str(data)) != before

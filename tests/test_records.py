@@ -22,7 +22,9 @@ HELDOUT = {
     "seconds": 1.5, "batch_size": 8, "max_new_tokens": 64, "grader_versions": {"exact_match": "1"},
 }
 REGRESSION = {"task": "mc", "metric": "acc", "score": 0.5, "stderr": math.nan, "n": 2, "task_version": "1.0",
-              "batch_size": 8, "limit": None, "per_example": [1.0, 0.0]}
+              "batch_size": 8, "limit": None, "metrics": {"acc,none": 0.5, "acc_norm,none": 1.0}, "filter": "none",
+              "apply_chat_template": True, "num_fewshot": 0, "max_gen_toks": None, "seed": 0,
+              "task_identity": {"version": "1.0", "data_test_sha256": "ab12"}, "per_example": [1.0, 0.0]}
 SUMMARY = {"score": 0.5, "stderr": 0.35, "ci_low": 0.09, "ci_high": 0.91, "n": 2}
 TRAINING = {"stage": "sft", "steps": 2, "train_runtime_s": 1.0, "tokens_seen": 100, "tokens_per_s": 100.0,
             "first_loss": 2.0, "final_loss": 1.0, "peak_memory_mb": 512.0}
