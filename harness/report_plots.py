@@ -355,7 +355,8 @@ def plot_parallel_coordinates(trials: list[Trial], space: dict[str, list], log_p
                 ticks = [(_axis_position(c, choices, False), fmt_value(c)) for c in choices]
             for y, text in ticks:
                 ax.annotate(_plain(text), (x, y), xytext=(3, 0), textcoords="offset points", fontsize=7,
-                            va="center")
+                            va="center", zorder=4, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75,
+                                                         "pad": 0.5})
         score_axis = len(params)
         ax.axvline(score_axis, color="#57606a", linewidth=0.8)
         for y in (0.0, 0.5, 1.0):
