@@ -358,6 +358,10 @@ class SearchSpace:
     lora_r: list[int] = field(default_factory=list)  # categorical, e.g. [4, 8, 16, 32]
     lora_alpha: list[float] = field(default_factory=list)  # absolute alphas
     lora_alpha_ratio: list[float] = field(default_factory=list)  # alpha = ratio x r
+    lora_dropout: list[float] = field(default_factory=list)  # categorical, e.g. [0.0, 0.05, 0.1]
+    # categorical; each choice a comma-separated module list ("q_proj,v_proj") or "all-linear" (Optuna's
+    # categorical choices are scalars, so a list of modules is one string)
+    lora_target_modules: list[str] = field(default_factory=list)
     sft_learning_rate: list[float] = field(default_factory=list)  # [low, high], sampled log-uniform
     sft_max_steps: list[int] = field(default_factory=list)  # categorical
     dpo_beta: list[float] = field(default_factory=list)  # categorical
@@ -385,6 +389,9 @@ class SweepConfig:
     objective: str = "constrained"  # constrained (held-out up, regressions within limits) or multi
     prune_eval_examples: int = 16  # held-out subset scored at intermediate steps for pruning
     prune_every_steps: int = 10
+    # successive_halving / hyperband: the first rung is at prune_every_steps, the next at reduction_factor x that;
+    # at each rung only the best 1/reduction_factor of the trials that reached it go on
+    prune_reduction_factor: int = 3
     prune_threshold: float = 0.0  # pruner=threshold: stop trials whose subset score is below this
     tracking: str = "mlflow"  # mlflow (local store under sweeps/<name>/ by default), wandb, none
     tracking_uri: Optional[str] = None  # e.g. an MLflow server URL; None = sqlite:///sweeps/<name>/mlflow.db
@@ -413,6 +420,8 @@ class SweepConfig:
                              "every trial would be a random one, not TPE's; lower it or raise n_trials")
         if self.prune_every_steps < 1 or self.prune_eval_examples < 1:
             raise ValueError("sweep.prune_every_steps and sweep.prune_eval_examples must be >= 1")
+        if self.prune_reduction_factor < 2:
+            raise ValueError(f"sweep.prune_reduction_factor={self.prune_reduction_factor} must be >= 2")
         self._check_space()
 
     def startup_trials(self) -> int:
@@ -433,6 +442,18 @@ class SweepConfig:
                                      "[low, high], with 0 < low < high")
             elif len(set(values)) != len(values):
                 raise ValueError(f"{key}={values} lists a value twice (the grid would run it twice)")
+        for value in space.get("lora_dropout", []):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"sweep.space.lora_dropout: {value} must be in [0, 1)")
+        for value in space.get("lora_target_modules", []):
+            if not target_module_list(value):
+                raise ValueError(f"sweep.space.lora_target_modules: {value!r} names no module (a comma-separated "
+                                 "list such as 'q_proj,v_proj', or 'all-linear')")
+
+
+def target_module_list(choice: str) -> list[str]:
+    """A sweep's target-modules choice ("q_proj,v_proj") as lora.target_modules holds it."""
+    return [name.strip() for name in choice.split(",") if name.strip()]
 
 
 # Search-space fields that are continuous ([low, high], log-uniform) for the TPE and random samplers.

@@ -158,6 +158,32 @@ def attach_lora(model: torch.nn.Module, lora: LoraConfig, adapter_name: str = "d
     return get_peft_model(model, peft_config, adapter_name=adapter_name)
 
 
+@contextmanager
+def lora_adapter(base_model: torch.nn.Module, lora: LoraConfig) -> Iterator[torch.nn.Module]:
+    """A fresh LoRA adapter on `base_model` for the length of the block (`attach_lora`), taken off at the end.
+
+    However the block ends (a pruned or failed trial included), every LoRA layer comes out again (peft's
+    `unload`, no merge: the base weights are never written) with the input-embedding hooks peft added for
+    training, so the base is as it was loaded and the next trial can wrap it again: one base per sweep worker.
+    """
+    embeddings = base_model.get_input_embeddings()
+    hooks_before = set(embeddings._forward_hooks)
+    peft_model = attach_lora(base_model, lora)
+    try:
+        yield peft_model
+    finally:
+        peft_model.unload()
+        for key in set(embeddings._forward_hooks) - hooks_before:  # peft's enable_input_require_grads, per wrap
+            del embeddings._forward_hooks[key]
+
+
+def lora_layers(model: torch.nn.Module) -> list[str]:
+    """Names of the peft adapter layers in `model` (none in a base model as loaded)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [name for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+
+
 def load_adapter(model: torch.nn.Module, adapter_dir: str | Path, adapter_name: str = "default", trainable=False):
     """Put a saved PEFT adapter (safetensors) on a base model."""
     from peft import PeftModel

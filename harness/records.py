@@ -25,7 +25,7 @@ from harness.recordio import RecordError, from_json, read_record, to_json, write
 __all__ = ["RecordError", "from_json", "read_record", "to_json", "write_record"]  # the codec, re-exported
 
 RESULTS_FORMAT = "harness.results/v4"
-TRIAL_FORMAT = "harness.trial/v2"
+TRIAL_FORMAT = "harness.trial/v3"
 SWEEP_FORMAT = "harness.sweep/v2"
 BEST_FORMAT = "harness.best/v1"
 BASELINE_FORMAT = "harness.gate/baseline-v4"
@@ -370,6 +370,10 @@ class TrialRecord:
     # the sweep YAML's settings, the sweep command's Hydra overrides, the trial's params: `command` is
     # `python -m harness` + these, checked by composing them before the trial trains
     overrides: list[str] = field(default_factory=list)
+    # optimizer steps the trial trained, all stages (a pruned trial: up to the step it was stopped at), and the
+    # steps it trains when nothing stops it (None: a stage trains for epochs): the report's pruning budget
+    steps_trained: int | None = None
+    steps_budget: int | None = None
     format: str = TRIAL_FORMAT
 
 

@@ -5,7 +5,8 @@
 
 Reads only the artifacts a sweep leaves (sweep.json, best.json, trials/<NNN>/{trial,results}.json as typed
 records from harness.records, and loss.jsonl): no model is loaded, and rebuilding with nothing changed gives
-byte-identical files (no clock, deterministic plots). Sections, top to bottom: verdict, trials, plots, paired
+byte-identical files (no clock, deterministic plots). Sections, top to bottom: verdict, trials (with the pruning
+budget), plots, what mattered (searches over more than one parameter: importance, parallel coordinates), paired
 comparisons, fixed and broken examples, data card, reproduce.
 Several sweeps go into one report only when they share the eval set hash and the base model; otherwise
 `ReportError` (exit 2) and nothing is written; so is a record with a missing or mistyped field (the message
@@ -13,8 +14,9 @@ names the file and the dotted field). Model outputs and dataset text are untrust
 for HTML, and for Markdown tables. "Best" is harness.selection.rank_key, the rule behind the sweep's best.json.
 
 This module loads the artifacts and writes the report. The pieces it is built from: harness.report_sections
-(the sections, as document blocks), harness.report_plots (matplotlib), harness.report_format (numbers, cell
-text and trials.csv) and harness.render (the blocks as HTML and Markdown, and their escaping).
+(the sections, as document blocks), harness.report_search (importance, pruning budget), harness.report_plots
+(matplotlib), harness.report_format (numbers, cell text and trials.csv) and harness.render (the blocks as HTML
+and Markdown, and their escaping).
 """
 
 from __future__ import annotations
@@ -230,6 +232,7 @@ def build_report(sweeps: list[Sweep]) -> Report:
     # Imported here, not at the top: these modules import Trial, Sweep and rank_trials from this one.
     from harness.report_evidence import evidence_section
     from harness.report_format import trials_csv
+    from harness.report_search import pruning_budget, search_section
     from harness.report_sections import (
         comparisons_section,
         data_card_section,
@@ -257,7 +260,9 @@ def build_report(sweeps: list[Sweep]) -> Report:
     blocks += verdict_section(sweeps, ranked)
     blocks += evidence_section(sweeps)
     blocks += trials_section(sweeps, trials, ranked, multi)
+    blocks += [Para(line) for sweep in sweeps if (line := pruning_budget(sweep))]
     blocks += plots_section(sweeps, trials, ranked, images)
+    blocks += search_section(sweeps, images)
     blocks += comparisons_section(ranked)
     blocks += examples_section(ranked)
     blocks += data_card_section(sweeps)

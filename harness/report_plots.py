@@ -314,3 +314,76 @@ def plot_regression_deltas(
         return figure
 
     return _plotting(draw)
+
+
+def plot_parallel_coordinates(trials: list[Trial], space: dict[str, list], log_params: set[str]) -> bytes:
+    """One line per trial across an axis per swept parameter and the held-out score, coloured by that score.
+
+    Categorical parameters sit at evenly spaced positions in their listed order; `log_params` ([low, high],
+    sampled log-uniform) on a log scale between low and high. Completed trials are solid, pruned ones dashed at
+    their last intermediate score.
+    """
+    params = list(space)
+    lines = []  # (positions in [0, 1] per axis, score, pruned)
+    for trial in trials:
+        if trial.results:
+            score, pruned = trial.heldout.score, False
+        elif trial.record.state == "PRUNED" and trial.record.intermediate:
+            score, pruned = trial.record.intermediate[-1].score, True
+        else:
+            continue
+        if not all(p in trial.record.params for p in params):
+            continue
+        positions = [_axis_position(trial.record.params[p], space[p], p in log_params) for p in params]
+        lines.append((positions + [score], score, pruned))
+
+    def draw():
+        import matplotlib
+
+        figure, (ax,) = _figure(1.7 * (len(params) + 1) + 2.0, 4.2)
+        cmap = matplotlib.colormaps["viridis"]
+        for ys, score, pruned in sorted(lines, key=lambda line: line[1]):  # the best drawn last, on top
+            ax.plot(range(len(ys)), ys, "--" if pruned else "-", color=cmap(score), linewidth=1.6 if not pruned
+                    else 1.0, alpha=0.9, marker="o", markersize=3)
+        for x, param in enumerate(params):
+            ax.axvline(x, color="#57606a", linewidth=0.8)
+            choices = space[param]
+            if param in log_params:
+                low, high = choices
+                ticks = [(0.0, fmt_value(low)), (1.0, fmt_value(high))]
+            else:
+                ticks = [(_axis_position(c, choices, False), fmt_value(c)) for c in choices]
+            for y, text in ticks:
+                ax.annotate(_plain(text), (x, y), xytext=(3, 0), textcoords="offset points", fontsize=7,
+                            va="center", zorder=4, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75,
+                                                         "pad": 0.5})
+        score_axis = len(params)
+        ax.axvline(score_axis, color="#57606a", linewidth=0.8)
+        for y in (0.0, 0.5, 1.0):
+            ax.annotate(f"{y:.1f}", (score_axis, y), xytext=(3, 0), textcoords="offset points", fontsize=7,
+                        va="center")
+        ax.set_xticks(range(len(params) + 1), [_plain(p) for p in params] + ["held-out score"], rotation=15)
+        ax.set_yticks([])
+        ax.set_ylim(-0.08, 1.08)
+        ax.set_xlim(-0.2, len(params) + 0.5)
+        ax.grid(False)
+        mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, 1), cmap=cmap)
+        figure.colorbar(mappable, ax=ax, label="held-out score", fraction=0.03)
+        ax.set_title("Each trial's settings and score (solid: complete; dashed: pruned, at its last intermediate)")
+        return figure
+
+    return _plotting(draw)
+
+
+def _axis_position(value, choices: list, log: bool) -> float:
+    """Where `value` sits on its parameter's axis, 0 to 1."""
+    if log:
+        low, high = choices
+        return (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+    index = next((i for i, c in enumerate(choices) if c == value), 0)
+    return index / (len(choices) - 1) if len(choices) > 1 else 0.5
+
+
+def _plain(text: str) -> str:
+    """Text matplotlib draws as it is: a `$` would start mathtext (a sweep's choices are user text)."""
+    return str(text).replace("$", r"\$")

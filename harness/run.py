@@ -55,8 +55,8 @@ from harness.leakage import LeakageReport, check_leakage
 from harness.model import (
     BaseModel,
     adapter_hash,
-    attach_lora,
     load_base_model,
+    lora_adapter,
     resolve_device,
 )
 from harness.records import (
@@ -132,9 +132,14 @@ def prepare_inputs(cfg: RunConfig, show_card: bool = True) -> PreparedInputs:
 
 
 def run_experiment(
-    cfg: RunConfig, run_dir: Path, inputs: PreparedInputs | None = None, callbacks=None, progress: bool = True
+    cfg: RunConfig, run_dir: Path, inputs: PreparedInputs | None = None, callbacks=None, progress: bool = True,
+    base: BaseModel | None = None,
 ) -> RunResults:
-    """Train and score one configuration; `progress=False` silences per-step output (sweeps print one line)."""
+    """Train and score one configuration; `progress=False` silences per-step output (sweeps print one line).
+
+    `base`: a base model already loaded for `cfg` (`load_run_base`; a sweep worker shares one across its trials,
+    harness.worker). The run puts a fresh adapter on it and takes it off again at the end, however the run ends.
+    """
     started = time.perf_counter()
     seed_everything(cfg.seed)
     inputs = inputs or prepare_inputs(cfg)
@@ -146,10 +151,8 @@ def run_experiment(
 
     # 4. Base model (NF4 where configured), then baselines, cached per (model, eval set hash).
     device = resolve_device(cfg.train.device)
-    gradient_checkpointing = cfg.train.gradient_checkpointing
-    if gradient_checkpointing is None:
-        gradient_checkpointing = device == "cuda"
-    base = load_base_model(cfg.model, cfg.quant, device, gradient_checkpointing)
+    gradient_checkpointing = gradient_checkpointing_for(cfg, device)
+    base = base or load_run_base(cfg)
     fewshot_pool = inputs.sft.conversations if inputs.sft else []
     baselines = get_baselines(base, cfg, inputs.eval_set_hash, inputs.heldout, fewshot_pool)
 
@@ -157,46 +160,59 @@ def run_experiment(
     # before (baselines computed or read from the cache, lm-eval's reseeding, earlier trials) must not decide the
     # initial adapter. The trainers seed again from the same seed (dropout, data order).
     seed_everything(cfg.seed)
-    model = attach_lora(base.model, cfg.lora)
-    stages: dict[str, StageRecord] = {}
-    loss_log: list[dict] = []
-    if "sft" in cfg.train.stages:
-        sft_result = train_sft(
-            model, base.tokenizer, inputs.sft_examples, cfg.train.sft, run_dir,
-            seed=cfg.seed, device=device, compute_dtype=base.compute_dtype,
-            gradient_checkpointing=gradient_checkpointing, callbacks=callbacks, progress=progress,
-        )
-        loss_log += sft_result.loss_log
-        stages[sft_result.stage] = _score_stage(model, base, cfg, inputs.heldout, sft_result, run_dir)
-    if "dpo" in cfg.train.stages:
-        # The reference is the policy DPO starts from: after SFT the SFT adapter (saved, and loaded again frozen),
-        # otherwise the base model.
-        reference_adapter = _save_adapter(model, run_dir, "adapter_sft") if "sft" in cfg.train.stages else None
-        dpo_result = train_dpo(
-            model, base.tokenizer, inputs.preference.pairs, cfg.train.dpo, run_dir,
-            seed=cfg.seed, device=device, compute_dtype=base.compute_dtype,
-            gradient_checkpointing=gradient_checkpointing, reference_adapter=reference_adapter,
-            previous_loss_log=loss_log, callbacks=callbacks, progress=progress,
-        )
-        loss_log += dpo_result.loss_log
-        stages[dpo_result.stage] = dpo_stage = _score_stage(model, base, cfg, inputs.heldout, dpo_result, run_dir)
-        dpo_stage.reference = DpoReference(
-            policy="sft" if reference_adapter else "base",
-            adapter=str(reference_adapter) if reference_adapter else None,
-            adapter_hash=adapter_hash(reference_adapter) if reference_adapter else None,
-        )
+    with lora_adapter(base.model, cfg.lora) as model:
+        stages: dict[str, StageRecord] = {}
+        loss_log: list[dict] = []
+        if "sft" in cfg.train.stages:
+            sft_result = train_sft(
+                model, base.tokenizer, inputs.sft_examples, cfg.train.sft, run_dir,
+                seed=cfg.seed, device=device, compute_dtype=base.compute_dtype,
+                gradient_checkpointing=gradient_checkpointing, callbacks=callbacks, progress=progress,
+            )
+            loss_log += sft_result.loss_log
+            stages[sft_result.stage] = _score_stage(model, base, cfg, inputs.heldout, sft_result, run_dir)
+        if "dpo" in cfg.train.stages:
+            # The reference is the policy DPO starts from: after SFT the SFT adapter (saved, and loaded again frozen),
+            # otherwise the base model.
+            reference_adapter = _save_adapter(model, run_dir, "adapter_sft") if "sft" in cfg.train.stages else None
+            dpo_result = train_dpo(
+                model, base.tokenizer, inputs.preference.pairs, cfg.train.dpo, run_dir,
+                seed=cfg.seed, device=device, compute_dtype=base.compute_dtype,
+                gradient_checkpointing=gradient_checkpointing, reference_adapter=reference_adapter,
+                previous_loss_log=loss_log, callbacks=callbacks, progress=progress,
+            )
+            loss_log += dpo_result.loss_log
+            stages[dpo_result.stage] = dpo_stage = _score_stage(model, base, cfg, inputs.heldout, dpo_result, run_dir)
+            dpo_stage.reference = DpoReference(
+                policy="sft" if reference_adapter else "base",
+                adapter=str(reference_adapter) if reference_adapter else None,
+                adapter_hash=adapter_hash(reference_adapter) if reference_adapter else None,
+            )
 
-    # 6. Prove the adapter is active, save it, write the results record last.
-    canary = check_adapter_active(model, base.tokenizer, inputs.heldout[: cfg.eval.canary_examples])
-    adapter_dir = _save_adapter(model, run_dir)
-    results = build_results(
-        cfg, kind="run", run_dir=run_dir, base=base, eval_set_hash=inputs.eval_set_hash, stages=stages,
-        canary=canary, adapter_dir=adapter_dir, device=device, seconds=time.perf_counter() - started,
-        data=data_card(inputs), baselines=baselines,
-    )
+        # 6. Prove the adapter is active, save it, write the results record last.
+        canary = check_adapter_active(model, base.tokenizer, inputs.heldout[: cfg.eval.canary_examples])
+        adapter_dir = _save_adapter(model, run_dir)
+        results = build_results(
+            cfg, kind="run", run_dir=run_dir, base=base, eval_set_hash=inputs.eval_set_hash, stages=stages,
+            canary=canary, adapter_dir=adapter_dir, device=device, seconds=time.perf_counter() - started,
+            data=data_card(inputs), baselines=baselines,
+        )
     write_json_atomic(run_dir / "metrics.json", to_json(results.metrics))
     write_record(run_dir / "results.json", results)
     return results
+
+
+def load_run_base(cfg: RunConfig) -> BaseModel:
+    """The frozen base model a run of `cfg` trains on (NF4 where configured), ready for a LoRA adapter."""
+    device = resolve_device(cfg.train.device)
+    return load_base_model(cfg.model, cfg.quant, device, gradient_checkpointing_for(cfg, device))
+
+
+def gradient_checkpointing_for(cfg: RunConfig, device: str) -> bool:
+    """train.gradient_checkpointing, or by default on for GPU (memory) and off for CPU (speed)."""
+    if cfg.train.gradient_checkpointing is None:
+        return device == "cuda"
+    return cfg.train.gradient_checkpointing
 
 
 def seed_everything(seed: int) -> None:

@@ -16,7 +16,9 @@ Optuna is driven directly (the Hydra Optuna sweeper on PyPI pins optuna<3), with
   runs twice.
 - Failure isolation: a trial that raises is FAIL with its reason stored; the sweep goes on. A full disk or a
   read-only sweeps directory is not a trial's failure: the sweep stops (DiskError), everything finished stays.
-- Pruning: trials report a held-out score on a small fixed subset every `prune_every_steps` steps.
+- Pruning: trials report a held-out score on a small fixed subset every `prune_every_steps` steps; trial.json
+  records the steps each trial trained and its full budget (the report's pruning budget).
+- One base model per worker (harness.worker): loaded and quantized at the first trial, a fresh adapter per trial.
 
 Artifacts: `sweeps/<name>/sweep.json`, `trials/<NNN>/` (trial.json + a run directory's files), `best.json` and a
 `best` symlink to the best trial, `trials.csv` / `trials.md`, and the comparison report.
@@ -47,7 +49,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from harness.artifacts import write_text_atomic
-from harness.config import LOG_UNIFORM, RunConfig, SearchSpace, SweepConfig
+from harness.config import LOG_UNIFORM, RunConfig, SearchSpace, SweepConfig, target_module_list
 from harness.evaluate import evaluate_heldout
 from harness.faults import kill_point
 from harness.memory import release_trial_memory
@@ -72,7 +74,8 @@ from harness.sweep_storage import (
     single_worker_lock,
     sync_trial_records,
 )
-from harness.tracking import Tracker, TrialSteps
+from harness.tracking import StepCounter, Tracker, TrialSteps, steps_budget
+from harness.worker import WorkerBase
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -160,12 +163,15 @@ def _sweep(cfg, sweep_dir, storage_url, space, inputs, started, overrides) -> Sw
     progress = tqdm(total=n_trials, desc=f"sweep {sweep.name}", unit="trial")
     tracker = Tracker(sweep, sweep_dir)
     outcome = _outcome_reader(sweep.objective)
+    worker_base = WorkerBase()  # one base model for all of this worker's trials (harness.worker)
     try:
         while (trial := next_trial(study, sweep, sweep_dir, n_trials, outcome)) is not None:
             progress.n = counted(study)
             progress.refresh()
-            _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, overrides)
+            _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, overrides, worker_base)
     finally:
+        worker_base.close()
+        release_trial_memory(resolve_device(cfg.train.device))  # the reporting split loads a base of its own
         progress.n = counted(study)
         progress.close()
         tracker.close()
@@ -180,9 +186,11 @@ def search_space(space: SearchSpace) -> dict[str, list]:
     return {name: list(values) for name, values in vars(space).items() if values}
 
 
-# Each search-space parameter and the config key it sets (lora_alpha_ratio sets lora.alpha to ratio x r).
+# Each search-space parameter and the config key it sets (lora_alpha_ratio sets lora.alpha to ratio x r;
+# lora_target_modules, a comma-separated string, sets the list).
 PARAM_KEYS = {
     "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_alpha_ratio": "lora.alpha",
+    "lora_dropout": "lora.dropout", "lora_target_modules": "lora.target_modules",
     "sft_learning_rate": "train.sft.learning_rate", "sft_max_steps": "train.sft.max_steps",
     "dpo_beta": "train.dpo.beta", "dpo_max_steps": "train.dpo.max_steps",
     "dpo_learning_rate": "train.dpo.learning_rate",
@@ -195,6 +203,8 @@ def trial_settings(cfg: RunConfig, params: dict) -> dict[str, object]:
     for name, value in params.items():
         if name == "lora_alpha_ratio":
             value = float(value) * int(params.get("lora_r", cfg.lora.r))
+        elif name == "lora_target_modules":
+            value = target_module_list(value)
         settings[PARAM_KEYS[name]] = value
     return settings
 
@@ -234,7 +244,7 @@ class _PruningCallback(TrialSteps):
             raise optuna.TrialPruned(f"held-out subset score {score:.3f} at step {step}")
 
 
-def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, task_overrides) -> None:
+def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, task_overrides, worker_base) -> None:
     from harness.reproduce import trial_command, trial_overrides, verify_overrides
     from harness.run import run_experiment
 
@@ -254,7 +264,8 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, task_overri
     trial.set_user_attr("trial_dir", str(trial_dir))  # the owner (next_trial) and trial.json are recorded
     kill_point("after_pid")
     started = time.perf_counter()
-    callbacks = [tracker.trial_callback(trial.number, params)]
+    counter = StepCounter()  # first: a pruning callback may stop the step it counts
+    callbacks = [counter, tracker.trial_callback(trial.number, params)]
     if sweep.pruner != "none":
         subset = inputs.heldout[: sweep.prune_eval_examples]
         callbacks.append(_PruningCallback(trial, inputs.tokenizer, cfg.eval, subset,
@@ -264,8 +275,10 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, task_overri
     try:
         trial_cfg = apply_params(cfg, params)
         verify_overrides(overrides, trial_cfg)  # the recorded command rebuilds exactly this config
+        record.steps_budget = steps_budget(trial_cfg)
         with heartbeat:
-            results = run_experiment(trial_cfg, trial_dir, inputs, callbacks=callbacks, progress=False)
+            results = run_experiment(trial_cfg, trial_dir, inputs, callbacks=callbacks, progress=False,
+                                     base=worker_base.base_for(trial_cfg))
         kill_point("after_results")
         values, constraints = _outcome(results, sweep.objective)
         for name, value in constraints.items():
@@ -280,14 +293,15 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, task_overri
             raise  # not this trial's fault: it stays RUNNING, and the rerun retries it (its worker is gone)
         reason = f"{type(err).__name__}: {err}"
         log.exception("trial %d failed", trial.number)
-    # The trial's model, trainer and optimizer are unreachable now (failed and pruned trials included): free
-    # them before the next trial loads its base (trl's trainers leave reference cycles; CUDA caches memory).
+    # The trial's adapter, trainer and optimizer are unreachable now (failed and pruned trials included): free
+    # them before the next trial trains on the shared base (trl's trainers leave reference cycles; CUDA caches).
     release_trial_memory(resolve_device(cfg.train.device))
     if reason:
         trial.set_user_attr("fail_reason", reason)
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     kill_point("after_tell")
     record.state, record.values, record.fail_reason = state.name, values, reason
+    record.steps_trained = counter.steps
     record.finished_at, record.duration_s = _now(), time.perf_counter() - started
     tracker.end_trial(state.name, values)
     kill_point("before_trial_json")

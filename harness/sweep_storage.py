@@ -119,8 +119,12 @@ def _make_pruner(sweep: SweepConfig):
     pruners = {
         "none": optuna.pruners.NopPruner,
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
+        # Rungs start at the first intermediate report (prune_every_steps), not at step 1: with reports every k
+        # steps, rungs below k would all be decided by the same first score.
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=sweep.prune_every_steps, reduction_factor=sweep.prune_reduction_factor),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(
+            min_resource=sweep.prune_every_steps, reduction_factor=sweep.prune_reduction_factor),
         "threshold": lambda: optuna.pruners.ThresholdPruner(lower=sweep.prune_threshold),
     }
     if sweep.pruner not in pruners:

@@ -7,7 +7,7 @@
     tracker.close()
 
 TrialSteps counts optimizer steps across a trial's stages (SFT, then DPO), for the tracker's curves and the
-sweep's pruning reports.
+sweep's pruning reports; StepCounter and steps_budget give trial.json the steps a trial trained and would have.
 """
 
 from __future__ import annotations
@@ -32,6 +32,22 @@ class TrialSteps(TrainerCallback):
 
     def trial_step(self, state) -> int:
         return self.offset + state.global_step
+
+
+class StepCounter(TrialSteps):
+    """The optimizer steps a trial has trained, across its stages, up to where it ends (pruned ones included)."""
+
+    steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps = self.trial_step(state)
+
+
+def steps_budget(cfg) -> int | None:
+    """The optimizer steps a trial of `cfg` (a RunConfig) trains if nothing stops it (None: a stage trains for
+    epochs). With StepCounter, what the report's pruning budget adds up."""
+    stages = [cfg.train.sft if name == "sft" else cfg.train.dpo for name in cfg.train.stages]
+    return sum(stage.max_steps for stage in stages) if all(stage.max_steps > 0 for stage in stages) else None
 
 
 class Tracker:

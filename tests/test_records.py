@@ -64,7 +64,7 @@ TRIAL = {"format": records.TRIAL_FORMAT, "number": 3, "state": "COMPLETE", "para
          "command": "python -m harness lora.r=8", "overrides": ["lora.r=8"], "trial_dir": "sweeps/rank/trials/003", "host": "h", "pid": 42,
          "started_at": "2026-12-01T00:00:00+00:00", "fail_reason": None,
          "intermediate": [{"step": 10, "score": 0.25}], "values": [0.5], "feasible": True, "duration_s": 12.5,
-         "finished_at": "2026-12-01T00:01:00+00:00", "retry_of": None}
+         "finished_at": "2026-12-01T00:01:00+00:00", "retry_of": None, "steps_trained": 10, "steps_budget": 40}
 SWEEP = {"format": records.SWEEP_FORMAT, "name": "rank", "question": "q", "command": "python -m harness +sweep=rank",
          "storage": "sqlite:///s.db", "sampler": "grid", "pruner": "none", "objective": "heldout",
          "n_trials": 3, "space": {"lora_r": [4, 8]}, "eval_set": {**EVAL_SET, "n": None},

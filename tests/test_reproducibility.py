@@ -39,6 +39,18 @@ def outputs(run_dir: Path) -> list[tuple[str, str, float]]:
     return [(row["source"], row["output"], row["score"]) for row in rows]
 
 
+def run_trial_alone(command: str, tmp_path: Path) -> Path:
+    """A sweep trial's recorded command run alone, in a fresh process with a cold cache; its run directory."""
+    import shlex
+
+    env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cold_cache"), "HF_HUB_OFFLINE": "1"}
+    alone = subprocess.run([sys.executable, "-m", "harness", *shlex.split(command)[3:],
+                            f"hydra.run.dir={tmp_path / 'alone'}"],
+                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    return tmp_path / "alone"
+
+
 def test_same_config_gives_identical_adapters_cold_warm_after_other_runs_and_alone(tmp_path, monkeypatch):
     monkeypatch.setattr("harness.baselines.cache_root", lambda: tmp_path / "cache")
     cfg = make_config(REPRO_OVERRIDES)

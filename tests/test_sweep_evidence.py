@@ -4,10 +4,7 @@ the reporting split; the chosen trials are judged on it; a diverging trial is FA
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +12,11 @@ import torch
 
 import harness.evaluate
 import harness.reporting
-from harness.artifacts import REPO_ROOT
 from harness.evaluate import load_heldout
 from harness.records import RunResults, SweepVerdicts, TrialRecord, read_record
 from harness.sweep import run_sweep
 from tests.conftest import make_config
-from tests.test_reproducibility import adapter_tensors, assert_same_tensors, outputs
+from tests.test_reproducibility import adapter_tensors, assert_same_tensors, outputs, run_trial_alone
 
 # NF4 and a pruner that scores the selection subset every step but never prunes: neither the CPU inference swap
 # nor the intermediate evaluations may change what the trial trains (the command alone has no pruner).
@@ -96,11 +92,7 @@ def test_a_recorded_trial_command_alone_reproduces_its_adapter_and_scores(sweep,
     assert trial.command == shlex.join(["python", "-m", "harness", *trial.overrides])
     assert not any(o.startswith(("+sweep", "sweep.", "hydra.")) for o in trial.overrides)
     assert "lora.r=2" in trial.overrides and "lora.alpha=4.0" in trial.overrides
-    args = shlex.split(trial.command)[3:]
-    env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cold_cache"), "HF_HUB_OFFLINE": "1"}
-    alone = subprocess.run([sys.executable, "-m", "harness", *args, f"hydra.run.dir={tmp_path / 'alone'}"],
-                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
-    assert alone.returncode == 0, alone.stderr[-3000:]
+    run_trial_alone(trial.command, tmp_path)
     assert_same_tensors(adapter_tensors(Path(trial.trial_dir)), adapter_tensors(tmp_path / "alone"))
     assert outputs(Path(trial.trial_dir)) == outputs(tmp_path / "alone")
     inside = read_record(RunResults, Path(trial.trial_dir) / "results.json")
