@@ -74,9 +74,17 @@ def eval_fingerprint(eval_cfg: EvalConfig) -> dict:
         "generation": asdict(eval_cfg.generation),
         "prompt_baseline": asdict(eval_cfg.prompt_baseline),
     }
-    canonical = json.dumps(fingerprint, sort_keys=True).encode()
-    return {**fingerprint, "data_file": canonical_path(eval_cfg.data_file),
-            "hash": hashlib.sha256(canonical).hexdigest()[:16]}
+    return {**fingerprint, "data_file": canonical_path(eval_cfg.data_file), "hash": fingerprint_hash(fingerprint)}
+
+
+# Recorded in a fingerprint but not part of its hash.
+UNHASHED_FINGERPRINT_KEYS = ("data_file", "hash")
+
+
+def fingerprint_hash(fingerprint: dict) -> str:
+    """The eval set hash of a fingerprint's hashed fields (the unhashed ones are ignored if present)."""
+    hashed = {key: value for key, value in fingerprint.items() if key not in UNHASHED_FINGERPRINT_KEYS}
+    return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _sources_sha256(rows) -> str:

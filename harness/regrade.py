@@ -13,8 +13,6 @@ record's outputs can be graded again instead of generated again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 
 from harness.config import EvalConfig
@@ -30,16 +28,14 @@ def eval_identity(eval_cfg: EvalConfig, fingerprint_hash: str) -> str:
 def graders_only_changed(recorded_eval: dict, recorded_grader_versions: dict[str, str], recorded_hash: str,
                          eval_cfg: EvalConfig) -> bool:
     """True when the record's eval identity differs from the current one in the graders only."""
-    from harness.evalset import eval_fingerprint
+    from harness.evalset import eval_fingerprint, fingerprint_hash
 
     current = eval_fingerprint(eval_cfg)
     if recorded_hash == eval_identity(eval_cfg, current["hash"]):
         return False  # nothing changed at all
-    then = {key: value for key, value in current.items() if key != "hash"}
-    then["graders"] = recorded_eval["graders"]
-    then["grader_versions"] = list(recorded_grader_versions.values())
-    digest = hashlib.sha256(json.dumps(then, sort_keys=True).encode()).hexdigest()[:16]
-    return recorded_hash == eval_identity(eval_cfg, digest)
+    then = {**current, "graders": recorded_eval["graders"],
+            "grader_versions": list(recorded_grader_versions.values())}
+    return recorded_hash == eval_identity(eval_cfg, fingerprint_hash(then))
 
 
 def regrade_heldout(eval_cfg: EvalConfig, outputs: Sequence[tuple[str, str]]) -> HeldoutResult:
