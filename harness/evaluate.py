@@ -110,10 +110,10 @@ def _generate(model, tokenizer, prompts: list[list[Message]], max_new_tokens: in
     tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row ends at its prompt's end
     device = next(model.parameters()).device
     outputs: list[str] = []
-    decoding = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    decoding = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     if sampling is not None:  # top_k=0: no top-k cut, whatever the model's generation_config says
-        decoding = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-                        num_return_sequences=sampling.n)
+        decoding = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
+                    "num_return_sequences": sampling.n}
         torch.manual_seed(sampling.seed)  # right before the draws (every device's generator)
     model.eval()
     try:

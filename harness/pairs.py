@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import os
 import shlex
 import sys
@@ -140,20 +141,21 @@ def prompt_text(messages: list[Message]) -> str:
 def _pairs(pool, greedy, greedy_scores, sampled, sampled_scores, n_samples: int, max_pairs: int | None):
     """Preference rows (prompt order; with max_pairs, each prompt's first errors before anyone's second) and counts."""
     ranked, wrong, duplicates, unusable, prompts_with_error = [], 0, 0, 0, 0
+    seen: set[tuple[str, str, str]] = set()  # (prompt, chosen, rejected): pool rows may repeat a prompt
     for index, example in enumerate(pool):
         outputs = [(greedy[index], greedy_scores[index])]
         outputs += list(zip(sampled[index * n_samples:(index + 1) * n_samples],
                             sampled_scores[index * n_samples:(index + 1) * n_samples]))
-        chosen = answer_text(example.reference)
-        seen, rank, erred = set(), 0, False
+        chosen, prompt_key = answer_text(example.reference), json.dumps(chat(example.messages))
+        rank, erred = 0, False
         for output, score in outputs:
             if score >= FULL_CREDIT:
                 continue
             wrong, erred = wrong + 1, True
-            if output in seen:
+            if (prompt_key, chosen, output) in seen:
                 duplicates += 1
                 continue
-            seen.add(output)
+            seen.add((prompt_key, chosen, output))
             if not _usable_answer(output, chosen):
                 unusable += 1
                 continue
@@ -165,9 +167,9 @@ def _pairs(pool, greedy, greedy_scores, sampled, sampled_scores, n_samples: int,
     if max_pairs is not None:
         ranked = sorted(ranked, key=lambda item: item[:2])[:max_pairs]
     rows = [row for _, _, row in sorted(ranked, key=lambda item: (item[1], item[0]))]
-    counts = dict(outputs_graded=len(greedy) + len(sampled), prompts_with_error=prompts_with_error,
-                  wrong_outputs=wrong, duplicate_pairs_dropped=duplicates, unusable_outputs=unusable,
-                  pairs_written=len(rows))
+    counts = {"outputs_graded": len(greedy) + len(sampled), "prompts_with_error": prompts_with_error,
+              "wrong_outputs": wrong, "duplicate_pairs_dropped": duplicates, "unusable_outputs": unusable,
+              "pairs_written": len(rows)}
     return rows, counts
 
 

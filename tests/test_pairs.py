@@ -112,6 +112,19 @@ def test_same_seed_gives_a_byte_identical_file(policy, heldout, tmp_path):
     assert first.provenance.adapter_hash is None
 
 
+def test_a_prompt_repeated_in_the_pool_gives_its_pairs_once(policy, heldout, tmp_path):
+    model, tokenizer, _ = policy
+    cfg = make_config(TINY_OVERRIDES + MINING)
+    row = json.loads(_pool(tmp_path / "once.jsonl", n=1, heldout_line=None).read_text())
+    twice = tmp_path / "twice.jsonl"  # the eval-row reader keeps a row repeated in two splits (with a warning)
+    twice.write_text("".join(json.dumps(row | {"split": split}) + "\n" for split in ("selection", "reporting")))
+    mined = pairs.mine_pairs(model, tokenizer, cfg, twice, tmp_path / "pairs.jsonl", exclude=heldout, source={})
+    (greedy,) = generate(model, tokenizer, [row["messages"]], 6, 4)
+    rejected = [written["rejected"][0]["content"] for written in _rows(mined.path)]
+    assert rejected.count(greedy) == 1 and len(set(rejected)) == len(rejected)  # both copies' greedy: one pair
+    assert mined.provenance.counts.duplicate_pairs_dropped >= 1
+
+
 def test_max_pairs_spreads_over_prompts(policy, heldout, tmp_path):
     model, tokenizer, _ = policy
     cfg = make_config(TINY_OVERRIDES + MINING + ["data.mining.max_pairs=2"])
@@ -174,8 +187,8 @@ def test_cli_bad_input_is_one_line_exit_2_and_no_file(policy, tmp_path, capsys, 
     else:
         overrides, expected = [*TINY_OVERRIDES, "data.mining.top_p=2"], "data.mining.top_p=2.0 must be in (0, 1]"
     out = tmp_path / "pairs.jsonl"
-    rc, stdout, stderr = _cli(["mine", *overrides, "--adapter", str(adapter), "--pool", str(pool), "--out", str(out)],
-                              capsys)
+    rc, _, stderr = _cli(["mine", *overrides, "--adapter", str(adapter), "--pool", str(pool), "--out", str(out)],
+                         capsys)
     assert rc == 2 and expected in stderr and len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     assert not out.exists() and not list(tmp_path.glob(".pairs.jsonl*"))
 
