@@ -1,7 +1,7 @@
 """The report re-grades a sweep whose graders changed since it was scored: zero model forward passes.
 
-    regrade_sweep(sweep)      # harness.report.load_sweep: sweep.regraded, sweep.stale; its records re-graded in memory
-    blocks = regrade_section(sweeps)         # says so, prominently, above the verdict
+    regrade_sweep(sweep)               # in harness.report.load_sweep: re-grades in memory, sets sweep.regraded/.stale
+    blocks = regrade_section(sweeps)   # says so, prominently, above the verdict
 
 Today's graders for a results record are its recorded graders at the versions the code gives them now
 (`harness.graders.grader_version`), with the grader configuration of the eval set's frozen manifest where there is
