@@ -33,7 +33,6 @@ Holm-adjusted together.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -98,7 +97,7 @@ def candidate_results(cfg: RunConfig, candidate: Path, reevaluate: bool = False)
     outputs graded again, no forward pass) or "evaluated: <why>"."""
     from harness.evalset import verify_frozen
     from harness.model import adapter_hash
-    from harness.regrade import graders_only_changed
+    from harness.regrade import graders_only_changed, regrade_results
 
     adapter_dir, results_path = locate_candidate(candidate)
     eval_set_hash = verify_frozen(cfg.eval)
@@ -110,28 +109,12 @@ def candidate_results(cfg: RunConfig, candidate: Path, reevaluate: bool = False)
             return results, f"reused {results_path}"
         if mismatch.startswith("eval set hash") and graders_only_changed(
                 results.config["eval"], results.final_stage.heldout.grader_versions, results.eval_set.hash, cfg.eval):
-            results = _regraded(results, cfg, eval_set_hash)
+            results = regrade_results(results, cfg, eval_set_hash)
             if _reuse_mismatch(cfg, results, eval_set_hash, adapter_hash(adapter_dir)) is None:
                 return results, (f"re-graded {results_path}: only the graders changed, so its stored outputs were "
                                  "graded again (0 model forward passes)")
         why = f"{results_path} not reusable: {mismatch}"
     return evaluate_candidate(cfg, adapter_dir), f"evaluated ({why})"
-
-
-def _regraded(results: RunResults, cfg: RunConfig, eval_set_hash: str) -> RunResults:
-    """The record with its final stage's held-out outputs graded by the current graders."""
-    from harness.regrade import regrade_heldout
-
-    stage = results.final_stage
-    heldout = regrade_heldout(cfg.eval, [(row.source, row.output) for row in stage.heldout.per_example])
-    heldout = dataclasses.replace(heldout, seconds=stage.heldout.seconds, batch_size=stage.heldout.batch_size,
-                                  max_new_tokens=stage.heldout.max_new_tokens)
-    config = {**results.config, "eval": {**results.config["eval"],
-                                         "graders": [dataclasses.asdict(g) for g in cfg.eval.graders]}}
-    return dataclasses.replace(
-        results, config=config, eval_set=dataclasses.replace(results.eval_set, hash=eval_set_hash),
-        stages={**results.stages, results.final.stage: dataclasses.replace(stage, heldout=heldout)},
-        final=dataclasses.replace(results.final, heldout=heldout.summary()))
 
 
 def evaluate_candidate(cfg: RunConfig, adapter_dir: Path) -> RunResults:

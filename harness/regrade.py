@@ -9,14 +9,16 @@ record's outputs can be graded again instead of generated again.
     if graders_only_changed(record.config["eval"], record.final_stage.heldout.grader_versions,
                             record.eval_set.hash, cfg.eval):
         heldout = regrade_heldout(cfg.eval, [(row.source, row.output) for row in rows])
+    record = regrade_results(record, cfg, eval_set_hash)   # every held-out result in a record, headline recomputed
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
-from harness.config import EvalConfig
-from harness.records import HeldoutResult
+from harness.config import EvalConfig, RunConfig
+from harness.records import HeldoutResult, RunResults
 
 
 def eval_identity(eval_cfg: EvalConfig, fingerprint_hash: str) -> str:
@@ -49,3 +51,30 @@ def regrade_heldout(eval_cfg: EvalConfig, outputs: Sequence[tuple[str, str]]) ->
     if missing:
         raise DataError(f"cannot re-grade: stored output for {missing[0]} has no row in the current eval set")
     return grade_outputs(eval_cfg, [examples[source] for source, _ in outputs], [output for _, output in outputs])
+
+
+def regrade_results(results: RunResults, cfg: RunConfig, eval_set_hash: str) -> RunResults:
+    """The record with every held-out result in it (each stage's and the base model's baselines') graded by
+    `cfg.eval`'s graders, its headline recomputed and its eval identity `eval_set_hash`; the outputs, timings and
+    regression scores are kept as recorded. A new record: `results` is not changed."""
+    from harness.run import final_scores
+
+    def again(heldout: HeldoutResult | None) -> HeldoutResult | None:
+        if heldout is None:
+            return None
+        regraded = regrade_heldout(cfg.eval, [(row.source, row.output) for row in heldout.per_example])
+        return dataclasses.replace(regraded, seconds=heldout.seconds, batch_size=heldout.batch_size,
+                                   max_new_tokens=heldout.max_new_tokens)
+
+    stages = {name: dataclasses.replace(stage, heldout=again(stage.heldout)) for name, stage in results.stages.items()}
+    baselines = results.baselines
+    if baselines is not None:
+        prompt = again(baselines.prompt_baseline)
+        baselines = dataclasses.replace(
+            baselines, zero_shot=again(baselines.zero_shot), prompt_baseline=prompt,
+            prompting_meets_min_score=bool(prompt and prompt.score >= cfg.eval.min_score))  # as harness.baselines
+    config = {**results.config, "eval": {**results.config["eval"],
+                                         "graders": [dataclasses.asdict(g) for g in cfg.eval.graders]}}
+    return dataclasses.replace(
+        results, config=config, eval_set=dataclasses.replace(results.eval_set, hash=eval_set_hash), stages=stages,
+        baselines=baselines, final=final_scores(cfg, results.final.stage, stages, baselines))

@@ -8,6 +8,9 @@ records from harness.records, and loss.jsonl): no model is loaded, and rebuildin
 byte-identical files (no clock, deterministic plots). Sections, top to bottom: verdict, trials (with the pruning
 budget), plots, what mattered (searches over more than one parameter: importance, parallel coordinates), paired
 comparisons, fixed and broken examples, data card, reproduce.
+When only the graders changed since a sweep was scored, its stored outputs are graded again (zero model forward
+passes) and the report says so; a record generated under other settings than the eval set's today is stale: refused
+when the graders changed too, shown under a warning otherwise (harness.report_regrade).
 Several sweeps go into one report only when they share the eval set hash and the base model; otherwise
 `ReportError` (exit 2) and nothing is written; so is a record with a missing or mistyped field (the message
 names the file and the dotted field). Model outputs and dataset text are untrusted: every string is escaped
@@ -79,6 +82,7 @@ class Trial:
     results: RunResults | None  # results.json, for completed trials
     loss: list[LossPoint]  # partial for pruned and failed trials
     label: str = ""  # "#3", or "rank#3" in a report over several sweeps
+    directory: Path = Path()  # trials/<NNN>
 
     @property
     def heldout(self) -> ScoreSummary | None:
@@ -107,6 +111,8 @@ class Sweep:
     trials: list[Trial]
     best_number: int | None  # from best.json, when the sweep wrote one
     verdicts: SweepVerdicts | None = None  # verdicts.json: the reporting-split verdicts, when the sweep wrote them
+    regraded: list = field(default_factory=list)  # report_regrade.Regraded: records graded again by today's graders
+    stale: list[str] = field(default_factory=list)  # records generated under other settings than the eval set's today
 
 
 @dataclass
@@ -131,7 +137,12 @@ def load_sweep(directory: Path) -> Sweep:
     best_number = _read(BestTrial, best_path).number if best_path.is_file() else None
     verdicts_path = directory / "verdicts.json"
     verdicts = _read(SweepVerdicts, verdicts_path) if verdicts_path.is_file() else None
-    return Sweep(meta.name, directory, meta, trials, best_number, verdicts)
+    sweep = Sweep(meta.name, directory, meta, trials, best_number, verdicts)
+    # Imported here: report_regrade imports Sweep from this module.
+    from harness.report_regrade import regrade_sweep
+
+    regrade_sweep(sweep)  # only the graders changed since: re-grade, in memory
+    return sweep
 
 
 def _load_trial(trial_dir: Path, sweep: SweepRecord) -> Trial:
@@ -151,7 +162,8 @@ def _load_trial(trial_dir: Path, sweep: SweepRecord) -> Trial:
                     f"{results_path}: {what} hash {mine} differs from the sweep's {sweeps} "
                     f"({trial_dir.parent.parent / 'sweep.json'}); its scores are not comparable"
                 )
-    return Trial(sweep.name, record, sweep.price_per_gpu_hour, results, _read_loss(trial_dir / "loss.jsonl"))
+    return Trial(sweep.name, record, sweep.price_per_gpu_hour, results, _read_loss(trial_dir / "loss.jsonl"),
+                 directory=trial_dir)
 
 
 def _read(cls, path: Path, missing_hint: str = ""):
@@ -232,6 +244,7 @@ def build_report(sweeps: list[Sweep]) -> Report:
     # Imported here, not at the top: these modules import Trial, Sweep and rank_trials from this one.
     from harness.report_evidence import evidence_section
     from harness.report_format import trials_csv
+    from harness.report_regrade import regrade_section
     from harness.report_search import pruning_budget, search_section
     from harness.report_sections import (
         comparisons_section,
@@ -257,6 +270,7 @@ def build_report(sweeps: list[Sweep]) -> Report:
     blocks: list = [Heading(1, f"Sweep report: {name}")]
     for sweep in sweeps:
         blocks.append(Para(sweep_summary(sweep, multi)))
+    blocks += regrade_section(sweeps)
     blocks += verdict_section(sweeps, ranked)
     blocks += evidence_section(sweeps)
     blocks += trials_section(sweeps, trials, ranked, multi)

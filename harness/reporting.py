@@ -50,16 +50,14 @@ ALPHA = 0.05
 
 def judge_on_reporting_split(sweep_dir: Path, records: list[TrialRecord], margin: float) -> SweepVerdicts | None:
     """Score the candidates on the reporting split and write verdicts.json (None when no trial completed)."""
-    ranked = []
-    for record in sorted(records, key=lambda r: r.number):
+    completed = []
+    for record in records:
         results_path = Path(record.trial_dir) / "results.json"
         if record.state == "COMPLETE" and results_path.is_file():
-            results = read_record(RunResults, results_path)
-            ranked.append(((record, results), results))
-    if not ranked:
+            completed.append((record, read_record(RunResults, results_path)))
+    if not completed:
         return None
-    ranked.sort(key=lambda pair: rank_key(pair[1], pair[0][0].feasible))  # stable: lowest number first on ties
-    best, runner_up, cheaper = reporting_candidates(ranked)
+    best, runner_up, cheaper = reporting_picks(completed)
     scored: dict[int, tuple[TrialRecord, RunResults, RunResults]] = {}
     for record, results in (c for c in (best, runner_up, cheaper) if c is not None):
         if record.number not in scored:
@@ -68,6 +66,17 @@ def judge_on_reporting_split(sweep_dir: Path, records: list[TrialRecord], margin
                       cheaper[0].number if cheaper else None, margin)
     write_record(sweep_dir / "verdicts.json", verdicts)
     return verdicts
+
+
+Pick = tuple[TrialRecord, RunResults]
+
+
+def reporting_picks(completed: list[Pick]) -> tuple[Pick, Pick | None, Pick | None]:
+    """(best, runner-up, cheaper alternative) of the completed trials and their selection-split results, by
+    `selection.rank_key` (the rule behind best.json): the trials the verdicts are made on."""
+    ranked = [(pair, pair[1]) for pair in sorted(completed, key=lambda pair: pair[0].number)]
+    ranked.sort(key=lambda item: rank_key(item[1], item[0][0].feasible))  # stable: lowest number first on ties
+    return reporting_candidates(ranked)
 
 
 def decide(scored: dict[int, tuple[TrialRecord, RunResults, RunResults]], best: int, runner_up: int | None,

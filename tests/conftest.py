@@ -73,3 +73,19 @@ def tiny_base():
     from harness.model import load_base_model
 
     return load_base_model(ModelConfig(kind="tiny"), QuantConfig(method="none"), "cpu")
+
+
+@pytest.fixture
+def forward_calls(monkeypatch) -> list[str]:
+    """The type of every torch module called from now on: a model's forward pass calls at least its own module."""
+    import torch
+
+    calls = []
+    real_call = torch.nn.Module.__call__
+
+    def counting_call(module, *args, **kwargs):
+        calls.append(type(module).__name__)
+        return real_call(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", counting_call)
+    return calls

@@ -307,19 +307,13 @@ def test_cli_subprocess_baseline_then_check_reuses_the_runs_results(gate_setup, 
     assert suite.get("tests") == "2" and suite.get("failures") == "0"
 
 
-def test_only_a_grader_change_regrades_stored_outputs_without_a_forward_pass(gate_setup, tmp_path, monkeypatch):
+def test_only_a_grader_change_regrades_stored_outputs_without_a_forward_pass(gate_setup, tmp_path, monkeypatch,
+                                                                            forward_calls):
     # A candidate whose results.json is on the golden set (as a run's would be).
     candidate = tmp_path / "candidate"
     shutil.copytree(gate_setup.run_dir / "adapter", candidate / "adapter")
     write_record(candidate / "results.json", gate_setup.golden_record)
-    calls = []
-    real_call = torch.nn.Module.__call__
-
-    def counting_call(module, *args, **kwargs):
-        calls.append(type(module).__name__)
-        return real_call(module, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.Module, "__call__", counting_call)
+    calls = forward_calls
     # The grader's version bumps (its scoring changed): the eval set is re-frozen, its hash changes, every input
     # to generation stays the same.
     monkeypatch.setitem(gate_report_grader_versions(), "exact_match", "2")
