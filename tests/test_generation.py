@@ -100,6 +100,7 @@ def test_generation_benchmark_quick_mode_prints_its_figures(tmp_path):
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    assert re.search(r"harness +\d+\.\d\d examples/s", out) and re.search(r"bare +\d+\.\d\d examples/s", out)
-    assert re.search(r"ratio harness / bare: \d+\.\d{3}", out)
+    assert re.search(r"harness +\d+\.\d\d examples/s wall, +\d+\.\d\d per CPU-second", out)
+    assert re.search(r"bare +\d+\.\d\d examples/s wall, +\d+\.\d\d per CPU-second", out)
+    assert re.search(r"ratio harness / bare: \d+\.\d{3} wall, \d+\.\d{3} CPU", out)
     assert "outputs identical (harness vs bare, every pass): yes" in out

@@ -10,7 +10,8 @@
     tokenized into the same batches (input order, `eval.generation.batch_size`, left padding) before the clock;
     then only `model.generate(greedy, same max_new_tokens, the model's EOS ids as stop criteria)` per batch.
 After one untimed warm-up of each, the two alternate (a b, b a, ...) `--repeats` times so that machine noise hits
-both; each side's median examples/s is reported. Without --adapter, LoRA B is seeded noise (std --lora-std) so
+both; each side's median examples/s is reported, by wall time and by this process's CPU time (the figure to read
+on a machine shared with other jobs). Without --adapter, LoRA B is seeded noise (std --lora-std) so
 the adapter changes outputs without wrecking them. Trailing arguments are Hydra overrides.
 """
 
@@ -67,9 +68,11 @@ def decode(tokenizer, generated) -> list[str]:
 
 
 def timed(fn):
-    started = time.perf_counter()
+    """fn's result, wall seconds and this process's CPU seconds (all threads: work done, whoever else shares the
+    machine; wall time on a busy machine measures the neighbours)."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = fn()
-    return result, time.perf_counter() - started
+    return result, (time.perf_counter() - started, time.process_time() - cpu_started)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(seconds)
             outputs[name].append(texts)
 
-    rate = {name: n_examples / statistics.median(seconds) for name, seconds in times.items()}
+    wall = {name: [w for w, _ in seconds] for name, seconds in times.items()}
+    cpu = {name: [c for _, c in seconds] for name, seconds in times.items()}
+    rate = {name: n_examples / statistics.median(wall[name]) for name in times}
+    cpu_rate = {name: n_examples / statistics.median(cpu[name]) for name in times}
     identical = all(texts == outputs["bare"][0] for texts in outputs["harness"] + outputs["bare"])
     differing = sum(a != b for a, b in zip(outputs["harness"][0], outputs["bare"][0], strict=True))
     print(f"generation: model {cfg.model.name_or_path} (kind {cfg.model.kind}), quant {cfg.quant.method}, "
@@ -133,11 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {n_examples} selection examples, batch {gen.batch_size}, max_new_tokens {gen.max_new_tokens}, greedy, "
           f"{repeats} timed passes each way (interleaved) after a warm-up; torch threads {torch.get_num_threads()}")
     for name in ("harness", "bare"):
-        print(f"  {name:<8} {rate[name]:7.2f} examples/s  median of [{', '.join(f'{s:.2f}' for s in times[name])}] s")
-    print(f"  ratio harness / bare: {rate['harness'] / rate['bare']:.3f} (target >= 0.9)")
+        print(f"  {name:<8} {rate[name]:7.2f} examples/s wall, {cpu_rate[name]:7.2f} per CPU-second; medians of "
+              f"wall [{', '.join(f'{s:.2f}' for s in wall[name])}] s, CPU [{', '.join(f'{s:.2f}' for s in cpu[name])}] s")
+    print(f"  ratio harness / bare: {rate['harness'] / rate['bare']:.3f} wall, "
+          f"{cpu_rate['harness'] / cpu_rate['bare']:.3f} CPU (target >= 0.9)")
     print(f"  outputs identical (harness vs bare, every pass): {'yes' if identical else 'no'}"
           f"{'' if identical else f' ({differing} of {n_examples} differ in the first pass)'}")
-    print(f"  one CPU inference swap in and out (paid per harness call, not by bare): {swap_seconds * 1000:.1f} ms")
+    print(f"  one CPU inference swap in and out (paid per harness call, not by bare): {swap_seconds[0] * 1000:.1f} ms "
+          f"wall, {swap_seconds[1] * 1000:.1f} ms CPU")
     return 0
 
 
