@@ -96,9 +96,22 @@ class Sampling:
 def generate(model, tokenizer, prompts: list[list[Message]], max_new_tokens: int, batch_size: int,
              sampling: Sampling | None = None) -> list[str]:
     """Greedy completions for chat prompts, batched with left padding; with `sampling`, sampling.n sampled
-    completions per prompt (prompt-major: prompt 0's n, then prompt 1's), the same for the same seed and batch size."""
+    completions per prompt (prompt-major: prompt 0's n, then prompt 1's), the same for the same seed and batch size.
+
+    Greedy batches are length-bucketed: prompts are generated longest first, so a batch holds prompts of similar
+    length (less left padding to compute over), and the outputs come back in the prompts' order. Each prompt is
+    rendered and tokenized once. A batch ends as soon as every row has produced an EOS id (transformers' own stop;
+    finished rows are padded, never decoded). Sampled generation keeps the input order: its draws depend on which
+    prompts share a batch, and harness.pairs records them as they are.
+    """
     with fast_cpu_inference(model):
         return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, sampling)
+
+
+def generation_order(prompt_lengths: list[int], bucketed: bool) -> list[int]:
+    """The order prompts are generated in: longest first (stable, ties keep input order), or the input order."""
+    indices = list(range(len(prompt_lengths)))
+    return sorted(indices, key=lambda i: -prompt_lengths[i]) if bucketed else indices
 
 
 @torch.no_grad()
@@ -106,31 +119,39 @@ def _generate(model, tokenizer, prompts: list[list[Message]], max_new_tokens: in
               sampling: Sampling | None = None) -> list[str]:
     texts = [tokenizer.apply_chat_template(chat(as_messages(p)), tokenize=False, add_generation_prompt=True)
              for p in prompts]
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row ends at its prompt's end
+    token_ids = tokenizer(texts, add_special_tokens=False).input_ids if texts else []
+    order = generation_order([len(ids) for ids in token_ids], bucketed=sampling is None)
     device = next(model.parameters()).device
-    outputs: list[str] = []
+    per_prompt = 1 if sampling is None else sampling.n
+    outputs: list[list[str]] = [[] for _ in prompts]
     decoding = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     if sampling is not None:  # top_k=0: no top-k cut, whatever the model's generation_config says
         decoding = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
                     "num_return_sequences": sampling.n}
         torch.manual_seed(sampling.seed)  # right before the draws (every device's generator)
     model.eval()
-    try:
-        for start in tqdm(range(0, len(texts), batch_size), desc="generating", leave=False):
-            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(device)
-            generated = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                **decoding,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new_tokens = generated[:, batch.input_ids.shape[1] :]
-            outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = previous_side
-    return [output.strip() for output in outputs]
+    for start in tqdm(range(0, len(order), batch_size), desc="generating", leave=False):
+        rows = order[start : start + batch_size]
+        batch = _left_padded([token_ids[i] for i in rows], tokenizer.pad_token_id, device)
+        generated = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            **decoding,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        decoded = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        for position, index in enumerate(rows):
+            outputs[index] = decoded[position * per_prompt : (position + 1) * per_prompt]
+    return [output.strip() for prompt_outputs in outputs for output in prompt_outputs]
+
+
+def _left_padded(token_ids: list[list[int]], pad_token_id: int, device) -> dict[str, torch.Tensor]:
+    """One batch, padded on the left (decoder-only: every row ends at its prompt's end), as the tokenizer pads."""
+    width = max(len(ids) for ids in token_ids)
+    input_ids = [[pad_token_id] * (width - len(ids)) + ids for ids in token_ids]
+    attention_mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in token_ids]
+    return {"input_ids": torch.tensor(input_ids, device=device),
+            "attention_mask": torch.tensor(attention_mask, device=device)}
 
 
 def evaluate_heldout(

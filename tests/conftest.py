@@ -33,6 +33,17 @@ TINY_OVERRIDES = [
 ]
 
 
+def randomize_lora_b(model, std: float, seed: int = 0) -> None:
+    """Seeded random LoRA B matrices (peft starts them at zero, a no-op adapter) so the adapter changes outputs."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+
+
 def compose_config(overrides: list[str] | None = None):
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base=None):
         return compose("config", overrides=overrides or [])

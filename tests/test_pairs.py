@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from harness import pairs
 from harness.artifacts import REPO_ROOT
@@ -18,7 +17,7 @@ from harness.eval_data import answer_text
 from harness.evaluate import HeldoutExample, Sampling, generate, load_eval_splits
 from harness.model import adapter_hash, attach_lora, load_base_model
 from harness.records import MinedPairsRecord, read_record
-from tests.conftest import TINY_OVERRIDES, make_config
+from tests.conftest import TINY_OVERRIDES, make_config, randomize_lora_b
 
 MINING = ["eval.generation.max_new_tokens=6", "eval.generation.batch_size=4", "data.mining.samples=2"]
 POOL = REPO_ROOT / "evals" / "json_extract" / "preference_pool.jsonl"
@@ -30,11 +29,7 @@ def policy(tmp_path_factory):
     """The tiny model with a saved, non-zero LoRA adapter active (the stand-in SFT policy) and its directory."""
     base = load_base_model(ModelConfig(kind="tiny"), QuantConfig(method="none"), "cpu")
     model = attach_lora(base.model, LoraConfig(r=4, alpha=8))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, weight in model.named_parameters():
-            if "lora_B" in name:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
+    randomize_lora_b(model, 0.5)
     adapter_dir = tmp_path_factory.mktemp("sft") / "adapter_sft"
     model.save_pretrained(adapter_dir, safe_serialization=True)
     return model, base.tokenizer, adapter_dir
