@@ -296,7 +296,13 @@ def check_stage_numbers(stage, prefix: str) -> None:
         raise ValueError(f"{prefix}.warmup_ratio={stage.warmup_ratio} must be in [0, 1)")
 
 
-# The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); sigmoid is the DPO paper's loss.
+# Exactly the loss types trl 1.16's DPOTrainer implements for paired data (DPOConfig.loss_type's list; the final
+# `else` of DPOTrainer's loss raises on anything else). sigmoid is the DPO paper's loss; ipo (IPO, length-
+# normalised in trl), hinge (SLiC), robust (rDPO, label_smoothing = flip rate), exo_pair, nca_pair, bco_pair,
+# sppo_hard, aot / aot_unpaired, apo_zero / apo_down, discopop, sft (the chosen answer's NLL alone) and
+# sigmoid_norm (DPO on per-token average log-ratios: the length normalisation SimPO uses, but still against the
+# reference). SimPO itself (reference-free, with a target margin) is only in trl.experimental.cpo's CPOTrainer
+# (loss_type="simpo"), and KTO / ORPO are their own trainers: not DPOTrainer losses, so not offered here.
 DPO_LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
     "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
@@ -367,6 +373,7 @@ class SearchSpace:
     dpo_beta: list[float] = field(default_factory=list)  # categorical
     dpo_max_steps: list[int] = field(default_factory=list)  # categorical
     dpo_learning_rate: list[float] = field(default_factory=list)  # [low, high], log-uniform
+    dpo_loss_type: list[str] = field(default_factory=list)  # categorical, each one of DPO_LOSS_TYPES
 
 
 @dataclass
@@ -445,6 +452,10 @@ class SweepConfig:
         for value in space.get("lora_dropout", []):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"sweep.space.lora_dropout: {value} must be in [0, 1)")
+        for index, value in enumerate(space.get("dpo_loss_type", [])):
+            if value not in DPO_LOSS_TYPES:
+                raise ValueError(f"sweep.space.dpo_loss_type[{index}]={value!r}: expected one of "
+                                 f"{', '.join(DPO_LOSS_TYPES)}")
         for value in space.get("lora_target_modules", []):
             if not target_module_list(value):
                 raise ValueError(f"sweep.space.lora_target_modules: {value!r} names no module (a comma-separated "
@@ -485,6 +496,10 @@ class RunConfig:
                 f"eval.split={self.eval.split!r} with sweep {self.sweep.name!r}: a sweep selects on the selection "
                 "split only (it scores its chosen trials on the reporting split itself)"
             )
+        if (self.sweep is not None and "exo_pair" in self.sweep.space.dpo_loss_type
+                and self.train.dpo.label_smoothing <= 0):
+            raise ValueError("sweep.space.dpo_loss_type lists exo_pair, which needs train.dpo.label_smoothing > 0 "
+                             "(e.g. 1e-3)")
         if "dpo" in self.train.stages and not self.data.preference_file:
             raise ValueError(
                 f"train.stages={self.train.stages} needs preference data: set data.preference_file"

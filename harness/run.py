@@ -42,7 +42,7 @@ from harness.data import (
     render_loss_sample,
     tokenize_sft,
 )
-from harness.dpo import train_dpo
+from harness.dpo import start_from_adapter, train_dpo
 from harness.evalset import verify_frozen
 from harness.evaluate import (
     HeldoutExample,
@@ -133,12 +133,14 @@ def prepare_inputs(cfg: RunConfig, show_card: bool = True) -> PreparedInputs:
 
 def run_experiment(
     cfg: RunConfig, run_dir: Path, inputs: PreparedInputs | None = None, callbacks=None, progress: bool = True,
-    base: BaseModel | None = None,
+    base: BaseModel | None = None, shared_sft=None,
 ) -> RunResults:
     """Train and score one configuration; `progress=False` silences per-step output (sweeps print one line).
 
     `base`: a base model already loaded for `cfg` (`load_run_base`; a sweep worker shares one across its trials,
     harness.worker). The run puts a fresh adapter on it and takes it off again at the end, however the run ends.
+    `shared_sft`: an SFT trained once for a whole sweep (harness.shared_sft.SftStart): the run starts from its
+    adapter and records its SFT stage instead of training one, and DPO's reference is that adapter.
     """
     started = time.perf_counter()
     seed_everything(cfg.seed)
@@ -163,7 +165,10 @@ def run_experiment(
     with lora_adapter(base.model, cfg.lora) as model:
         stages: dict[str, StageRecord] = {}
         loss_log: list[dict] = []
-        if "sft" in cfg.train.stages:
+        if "sft" in cfg.train.stages and shared_sft is not None:
+            start_from_adapter(model, shared_sft.adapter)
+            stages["sft"] = shared_sft.stage
+        elif "sft" in cfg.train.stages:
             sft_result = train_sft(
                 model, base.tokenizer, inputs.sft_examples, cfg.train.sft, run_dir,
                 seed=cfg.seed, device=device, compute_dtype=base.compute_dtype,
@@ -174,7 +179,11 @@ def run_experiment(
         if "dpo" in cfg.train.stages:
             # The reference is the policy DPO starts from: after SFT the SFT adapter (saved, and loaded again frozen),
             # otherwise the base model.
-            reference_adapter = _save_adapter(model, run_dir, "adapter_sft") if "sft" in cfg.train.stages else None
+            reference_adapter = None
+            if shared_sft is not None:
+                reference_adapter = shared_sft.adapter
+            elif "sft" in cfg.train.stages:
+                reference_adapter = _save_adapter(model, run_dir, "adapter_sft")
             dpo_result = train_dpo(
                 model, base.tokenizer, inputs.preference.pairs, cfg.train.dpo, run_dir,
                 seed=cfg.seed, device=device, compute_dtype=base.compute_dtype,
