@@ -196,8 +196,8 @@ def judge_dpo(sft_dir: Path, trials: list[tuple[TrialRecord, RunResults]], chose
 def dpo_summary_lines(dpo: DpoVerdicts) -> list[str]:
     """The sweep's console lines for the DPO verdicts."""
     sft = dpo.sft_reporting
-    lines = [f"  shared SFT: selection {dpo.sft_selection.score:.3f}, reporting {sft.score:.3f} "
-             f"[{sft.ci_low:.3f}, {sft.ci_high:.3f}]"]
+    lines = [(f"  shared SFT: selection {dpo.sft_selection.score:.3f}, reporting {sft.score:.3f} "
+              f"[{sft.ci_low:.3f}, {sft.ci_high:.3f}]")]
     for trial in dpo.trials:
         v = trial.verdict
         p = f"p={v.p_value:.3g}" + (f", Holm {v.p_adjusted:.3g}" if v.p_adjusted is not None else "")

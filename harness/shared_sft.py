@@ -37,7 +37,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from harness.config import RunConfig
-from harness.records import RunResults, SftIdentity, SharedSft, StageRecord, read_record, to_json, write_record
+from harness.records import (
+    RunResults,
+    SftIdentity,
+    SharedSft,
+    StageRecord,
+    read_record,
+    to_json,
+    write_record,
+)
 
 log = logging.getLogger(__name__)
 
