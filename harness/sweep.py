@@ -278,7 +278,7 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, task_overri
     try:
         trial_cfg = apply_params(cfg, params)
         verify_overrides(overrides, trial_cfg)  # the recorded command rebuilds exactly this config
-        record.steps_budget = steps_budget(trial_cfg)
+        record.steps_budget = steps_budget(trial_cfg, shared_sft=sft_start is not None)
         with heartbeat:
             results = run_experiment(trial_cfg, trial_dir, inputs, callbacks=callbacks, progress=False,
                                      base=worker_base.base_for(trial_cfg), shared_sft=sft_start)

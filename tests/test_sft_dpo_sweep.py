@@ -83,6 +83,7 @@ def test_two_trials_train_the_sft_once_and_both_start_from_its_exact_adapter(swe
         assert dpo_stage.reference.policy == "sft" and dpo_stage.reference.adapter_hash == shared.adapter_hash
         assert results.adapter.hash != shared.adapter_hash, "DPO trained the trial's adapter"
         assert _stages_in_loss_log(Path(record.trial_dir)) == {"dpo"}, "the trial trained DPO only"
+        assert record.steps_trained == record.steps_budget == 2  # DPO's 2 steps: the SFT's are the sweep's
     assert params[0] != params[1]
     assert _stages_in_loss_log(sweep_dir / "sft") == {"sft"}
 
