@@ -109,6 +109,30 @@ class LoraConfig:
 
 
 @dataclass
+class MiningConfig:
+    """On-policy preference pairs (python -m harness.pairs mine): the SFT policy's wrong answers on a prompt pool,
+    each paired with the gold answer. The seed is the run's `seed`."""
+
+    # prompts with gold answers in the eval-row format (eval.prompt_field / eval.reference_field), disjoint from
+    # the held-out set (overlapping rows are dropped and counted); null: --pool names it
+    pool_file: Optional[str] = None
+    samples: int = 4  # sampled outputs per prompt besides the greedy one (0: greedy only)
+    temperature: float = 0.8  # of the sampled outputs
+    top_p: float = 1.0  # nucleus sampling; 1.0 = off
+    max_pairs: Optional[int] = None  # keep at most N pairs, spread over prompts (first errors first); null = all
+
+    def __post_init__(self) -> None:
+        if self.samples < 0:
+            raise ValueError(f"data.mining.samples={self.samples} must be >= 0 (0: the greedy output only)")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"data.mining.temperature={self.temperature} must be a finite number > 0")
+        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise ValueError(f"data.mining.top_p={self.top_p} must be in (0, 1]")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise ValueError(f"data.mining.max_pairs={self.max_pairs} must be >= 1 (or null for all)")
+
+
+@dataclass
 class DataConfig:
     """Training data: SFT conversations and (for DPO) preference pairs, as JSONL files."""
 
@@ -120,6 +144,7 @@ class DataConfig:
     dedupe: bool = True  # drop exact duplicate rows (each reported as a warning naming the kept copy)
     # auto (detected from the first row's keys and printed), messages, sharegpt, alpaca, prompt_completion
     format: str = "auto"
+    mining: MiningConfig = field(default_factory=MiningConfig)  # on-policy pairs from the SFT policy's errors
 
     def __post_init__(self) -> None:
         if self.format not in ("auto", "messages", "sharegpt", "alpaca", "prompt_completion"):

@@ -91,6 +91,12 @@ def load_eval_rows(eval_cfg: EvalConfig) -> EvalRows:
     return EvalRows(examples, str(eval_cfg.data_file), len(rows), duplicates, warnings)
 
 
+def answer_text(reference: Any) -> str:
+    """A gold answer as an assistant turn says it: a string verbatim, anything else as one compact JSON value in
+    its own key order (how evals/json_extract/generate.py's answer_json writes the SFT targets)."""
+    return reference if isinstance(reference, str) else json.dumps(reference, ensure_ascii=False)
+
+
 def assign_splits(keys: list[tuple[str, str]], fraction: float, seed: int) -> list[str]:
     """Selection or reporting for each (prompt, gold) key: the distinct keys ranked by sha256(seed, key), the
     first round(fraction x n) of them selection. Deterministic, independent of row order, and copies of a row

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import re
 import shlex
 import sys
 from dataclasses import asdict
@@ -32,6 +31,7 @@ from harness.data import DataError
 from harness.evaluate import load_eval_splits
 from harness.evalset_create import grader_spec, suggested_name
 from harness.graders import grader_version
+from harness.reproduce import override_value
 
 # Fields of EvalConfig that define the frozen set or locate its files; a freeze command must reproduce them.
 IDENTITY_FIELDS = ("name", "data_file", "manifest", "prompt_field", "reference_field", "split_fraction",
@@ -184,34 +184,16 @@ def eval_overrides(base: EvalConfig, eval_cfg: EvalConfig) -> list[str]:
         old, new = getattr(base, name), getattr(eval_cfg, name)
         if name in ("data_file", "manifest"):
             if canonical_path(old) != canonical_path(new):
-                overrides.append(f"eval.{name}={hydra_value(canonical_path(new))}")
+                overrides.append(f"eval.{name}={override_value(canonical_path(new))}")
         elif name == "graders":
             if [asdict(g) for g in old] != [asdict(g) for g in new]:
-                overrides.append(f"eval.graders={hydra_value([grader_spec(g) for g in new])}")
+                overrides.append(f"eval.graders={override_value([grader_spec(g) for g in new])}")
         elif dataclasses.is_dataclass(new):
-            overrides += [f"eval.{name}.{key}={hydra_value(value)}" for key, value in asdict(new).items()
+            overrides += [f"eval.{name}.{key}={override_value(value)}" for key, value in asdict(new).items()
                           if asdict(old)[key] != value]
         elif old != new:
-            overrides.append(f"eval.{name}={hydra_value(new)}")
+            overrides.append(f"eval.{name}={override_value(new)}")
     return overrides
-
-
-def hydra_value(value) -> str:
-    """A value in Hydra's override grammar (strings quoted unless plainly safe)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(hydra_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{key}: {hydra_value(item)}" for key, item in value.items()) + "}"
-    if re.fullmatch(r"[A-Za-z_/][A-Za-z0-9_./-]*", value) and value not in ("true", "false", "null"):
-        return value
-    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
-    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
 
 
 def create_command(eval_cfg: EvalConfig) -> str:

@@ -83,20 +83,38 @@ def build_prompt(
     return prompt + messages
 
 
-def generate(model, tokenizer, prompts: list[list[Message]], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy completions for chat prompts, batched with left padding."""
+@dataclass(frozen=True)
+class Sampling:
+    """Sampled instead of greedy generation: `n` completions per prompt, seeded (harness.pairs mines with it)."""
+
+    n: int
+    temperature: float
+    top_p: float
+    seed: int
+
+
+def generate(model, tokenizer, prompts: list[list[Message]], max_new_tokens: int, batch_size: int,
+             sampling: Sampling | None = None) -> list[str]:
+    """Greedy completions for chat prompts, batched with left padding; with `sampling`, sampling.n sampled
+    completions per prompt (prompt-major: prompt 0's n, then prompt 1's), the same for the same seed and batch size."""
     with fast_cpu_inference(model):
-        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, sampling)
 
 
 @torch.no_grad()
-def _generate(model, tokenizer, prompts: list[list[Message]], max_new_tokens: int, batch_size: int) -> list[str]:
+def _generate(model, tokenizer, prompts: list[list[Message]], max_new_tokens: int, batch_size: int,
+              sampling: Sampling | None = None) -> list[str]:
     texts = [tokenizer.apply_chat_template(chat(as_messages(p)), tokenize=False, add_generation_prompt=True)
              for p in prompts]
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row ends at its prompt's end
     device = next(model.parameters()).device
     outputs: list[str] = []
+    decoding = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    if sampling is not None:  # top_k=0: no top-k cut, whatever the model's generation_config says
+        decoding = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
+                    "num_return_sequences": sampling.n}
+        torch.manual_seed(sampling.seed)  # right before the draws (every device's generator)
     model.eval()
     try:
         for start in tqdm(range(0, len(texts), batch_size), desc="generating", leave=False):
@@ -105,10 +123,7 @@ def _generate(model, tokenizer, prompts: list[list[Message]], max_new_tokens: in
             generated = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
+                **decoding,
                 pad_token_id=tokenizer.pad_token_id,
             )
             new_tokens = generated[:, batch.input_ids.shape[1] :]

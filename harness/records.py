@@ -32,6 +32,7 @@ BASELINE_FORMAT = "harness.gate/baseline-v4"
 BASELINE_CACHE_FORMAT = "harness.baseline-cache/v2"
 VERDICTS_FORMAT = "harness.verdicts/v2"  # v2: SweepVerdicts.dpo (after SFT vs after DPO)
 SHARED_SFT_FORMAT = "harness.shared-sft/v1"
+MINED_PAIRS_FORMAT = "harness.pairs/mined-v1"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -583,3 +584,40 @@ class BaselineCache:
     prompt_baseline: HeldoutResult | None
     regression: dict[str, RegressionScore]
     format: str = BASELINE_CACHE_FORMAT
+
+
+# ---------------------------------------------------------------------------------------------------------
+# On-policy preference pairs (harness.pairs): the provenance sidecar <pairs file>.provenance.json
+
+
+@dataclass
+class MiningCounts:
+    pool_prompts: int  # distinct pool rows read (exact duplicates removed)
+    excluded_overlap: int  # pool prompts dropped because they overlap a held-out prompt (any split)
+    prompts_mined: int  # pool prompts generated for (pool_prompts - excluded_overlap)
+    outputs_graded: int  # greedy + sampled outputs
+    prompts_with_error: int  # prompts with at least one output below full credit
+    wrong_outputs: int  # outputs below full credit
+    duplicate_pairs_dropped: int  # a wrong output repeated for the same prompt
+    unusable_outputs: int  # wrong outputs that cannot be a training answer (empty, or a chat role marker)
+    pairs_written: int
+    greedy_score: float  # the policy's mean headline grade on the mined prompts, greedy as in evaluation
+
+
+@dataclass
+class MinedPairsRecord:
+    pairs_sha256: str  # of the pairs file's bytes
+    pairs_file: str  # where it was written (informational; the hash is its identity)
+    pool_sha256: str  # of the pool file's bytes
+    pool_file: str
+    adapter_hash: str | None  # the SFT policy's adapter (harness.model.adapter_hash); None if the caller gave none
+    source: dict[str, Any]  # what the caller said the policy is (adapter path, base_model_hash, eval_set_hash ...)
+    mining: dict[str, Any]  # samples, temperature, top_p, max_pairs, seed, max_new_tokens, batch_size
+    grader_versions: dict[str, str]
+    counts: MiningCounts
+    excluded: list[str]  # file:line of the pool rows dropped for overlapping the held-out set
+    device: str
+    libraries: dict[str, str]
+    harness_revision: str
+    command: str  # rebuilds the file (bit-identical on CPU at the same thread count)
+    format: str = MINED_PAIRS_FORMAT

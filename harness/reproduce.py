@@ -14,6 +14,7 @@ command that would run another experiment fails the trial instead of being writt
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,7 +83,8 @@ def sweep_yaml_overrides(path: Path) -> list[str]:
 
 
 def override_value(value) -> str:
-    """A value in Hydra's override grammar."""
+    """A value in Hydra's override grammar: compact (no spaces, so one shell word once quoted), strings quoted unless
+    plainly safe (a string that looks like a number, bool or null stays a string)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -94,9 +96,12 @@ def override_value(value) -> str:
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
     text = str(value)
-    if text and all(c.isalnum() or c in "_-./" for c in text) and text not in ("null", "true", "false"):
+    if re.fullmatch(r"[A-Za-z_/][A-Za-z0-9_./-]*", text) and text not in ("true", "false", "null"):
         return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # Inside Hydra's quoted strings a backslash escapes only a quote or the backslashes before one (and before the
+    # closing quote): double those, escape the quotes, leave every other backslash as it is.
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
 
 
 def compose_run_config(overrides: Sequence[str]):

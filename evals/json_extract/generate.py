@@ -11,9 +11,19 @@ Files written beside this script:
                    (sweep objective, pruning, "best"), the other N_REPORTING the reporting split (verdicts, the
                    CI gate), which no selection touches.
 
+  preference_pool.jsonl  {"messages": [user], "reference": {...}}
+                   prompts for on-policy preference pairs (python -m harness.pairs mine --adapter DIR
+                   --out FILE; data.mining.pool_file names this file): the SFT policy's wrong answers here become
+                   the rejected side of DPO pairs.
+
 First names, last names and cities come from disjoint pools for training and held-out, so an adapter
 cannot score on the held-out set by memorising entities it saw in training. Both held-out splits draw from
 the held-out pools (their rows are distinct examples; names may recur across them, never in training).
+The preference pool has pools of its own, disjoint from both and less like the training entities (longer,
+rarer, some accented names and cities), where an SFT policy makes the copying mistakes it makes on held-out
+entities; it draws from its own random stream (POOL_SEED) after the other files, so adding it changed none of
+them (heldout.jsonl and its manifest hash included). Regenerate everything with
+`python evals/json_extract/generate.py` (`--check` compares instead of writing).
 """
 
 from __future__ import annotations
@@ -52,6 +62,15 @@ HELDOUT_LAST = """Andersen Ferreira Nowak Schmidt Romano Eriksen Haddad Castillo
 Santos Ivanova Lund Moretti""".split()
 HELDOUT_CITIES = """Madrid Berlin Helsinki Athens Warsaw Budapest Naples Geneva Riga Marseille Rotterdam
 Valencia Munich Bruges Cork Salzburg""".split()
+
+POOL_SEED = 5678
+N_POOL = 240
+POOL_FIRST = """Aurelio Bogdana Cosimo Dagny Eulalia Fintan Gwendolyn Hamish Ilaria Jarosław Katalin Lorcan Marisol
+Niamh Octavian Perpetua Quirin Radomir Saoirse Thibault Ulrike Wendelin Ximena Zdeněk Ottilie Benedikt""".split()
+POOL_LAST = """Abernathy Brzezinski Castellanos Dąbrowski Etxeberria Fitzgerald Gallagher Hämäläinen Iglesias
+Jovanović Kristiansen Lombardi Montgomery Nakamura Oyelaran Papadopoulos Quiroga Rautenberg""".split()
+POOL_CITIES = """Ljubljana Thessaloniki Szczecin Reykjavik Bratislava Clermont-Ferrand Düsseldorf Tampere Coimbra
+Plovdiv Trondheim Eindhoven Bydgoszcz Innsbruck Timișoara Galway""".split()
 
 JOBS = """nurse carpenter teacher pilot chef electrician architect baker pharmacist journalist plumber
 librarian dentist engineer photographer translator mechanic gardener accountant veterinarian""".split()
@@ -130,7 +149,13 @@ def build() -> dict[str, list[dict]]:
         person = _person(rng, HELDOUT_FIRST, HELDOUT_LAST, HELDOUT_CITIES)
         split = "selection" if index < N_SELECTION else "reporting"
         heldout.append({"messages": [_user_message(_sentence(rng, person))], "reference": person, "split": split})
-    return {"sft_train.jsonl": sft, "dpo_train.jsonl": dpo, "heldout.jsonl": heldout}
+    pool_rng = random.Random(POOL_SEED)  # a stream of its own: the files above do not depend on the pool
+    pool = []
+    for _ in range(N_POOL):
+        person = _person(pool_rng, POOL_FIRST, POOL_LAST, POOL_CITIES)
+        pool.append({"messages": [_user_message(_sentence(pool_rng, person))], "reference": person})
+    return {"sft_train.jsonl": sft, "dpo_train.jsonl": dpo, "heldout.jsonl": heldout,
+            "preference_pool.jsonl": pool}
 
 
 def _render(rows: list[dict]) -> str:
