@@ -139,6 +139,9 @@ class DataConfig:
     name: str = "json_extract"
     sft_file: str = "evals/json_extract/sft_train.jsonl"  # rows of {"messages": [{"role", "content"}, ...]}
     preference_file: Optional[str] = None  # rows of {"prompt", "chosen", "rejected"}
+    # where DPO's pairs come from: file (preference_file, yours) or mined (after SFT, from the SFT policy's own
+    # errors on data.mining.pool_file: harness.pairs; a sweep mines once, into sweeps/<name>/pairs/)
+    preference_source: str = "file"
     max_sft_examples: Optional[int] = None  # use only the first N rows (None = all)
     max_preference_examples: Optional[int] = None
     dedupe: bool = True  # drop exact duplicate rows (each reported as a warning naming the kept copy)
@@ -147,6 +150,8 @@ class DataConfig:
     mining: MiningConfig = field(default_factory=MiningConfig)  # on-policy pairs from the SFT policy's errors
 
     def __post_init__(self) -> None:
+        if self.preference_source not in ("file", "mined"):
+            raise ValueError(f"data.preference_source={self.preference_source!r}: expected file or mined")
         if self.format not in ("auto", "messages", "sharegpt", "alpaca", "prompt_completion"):
             raise ValueError(f"data.format={self.format!r}: expected auto, messages, sharegpt, alpaca or "
                              "prompt_completion")
@@ -525,7 +530,13 @@ class RunConfig:
                 and self.train.dpo.label_smoothing <= 0):
             raise ValueError("sweep.space.dpo_loss_type lists exo_pair, which needs train.dpo.label_smoothing > 0 "
                              "(e.g. 1e-3)")
-        if "dpo" in self.train.stages and not self.data.preference_file:
+        if self.data.preference_source == "mined":
+            if tuple(self.train.stages) != ("sft", "dpo"):
+                raise ValueError(f"data.preference_source=mined with train.stages={self.train.stages}: pairs are "
+                                 "mined from the SFT policy, so it needs stages [sft, dpo] (train=sft_dpo)")
+            if not self.data.mining.pool_file:
+                raise ValueError("data.preference_source=mined needs a prompt pool: set data.mining.pool_file")
+        elif "dpo" in self.train.stages and not self.data.preference_file:
             raise ValueError(
                 f"train.stages={self.train.stages} needs preference data: set data.preference_file"
             )

@@ -261,6 +261,8 @@ class DataCard:
     preference_rows: int | None = None
     preference_pairs: int | None = None
     preference_duplicates_removed: int | None = None
+    preference_sha256: str | None = None  # of the pairs file DPO trained on (its identity; the path is not)
+    preference_provenance: str | None = None  # mined pairs: their provenance record (harness.pairs)
     sft_format: str | None = None  # the detected (or configured) data.format
     sft_dropped_for_length: int = 0  # rows left without an assistant token within train.sft.max_length
     eval_file: str | None = None
@@ -487,6 +489,8 @@ class DpoTrialVerdict:
     results: str  # its reporting evaluation's results.json
     reporting: ScoreSummary
     verdict: Verdict  # dpo_vs_sft: better | worse | inconclusive (after DPO vs after SFT, paired, Holm-adjusted)
+    # half the paired interval's width: about the smallest DPO - SFT difference these examples can tell from zero
+    detectable: float
 
 
 @dataclass

@@ -89,11 +89,16 @@ def _dpo_blocks(dpo: DpoVerdicts) -> list:
     for trial in dpo.trials:
         v = trial.verdict
         p_value = f"{v.p_value:.3g}" + (f" (Holm {v.p_adjusted:.3g})" if v.p_adjusted is not None else "")
-        rows.append([f"#{trial.number}", " ".join(f"{k}={val}" for k, val in trial.params.items()),
+        settings = " ".join(f"{k}={val:.3g}" if isinstance(val, float) else f"{k}={val}"
+                            for k, val in trial.params.items())
+        rows.append([f"#{trial.number}", settings,
                      f"{trial.reporting.score:.3f} [{trial.reporting.ci_low:.3f}, {trial.reporting.ci_high:.3f}]",
                      f"{100 * v.estimate:+.1f} [{100 * v.ci_low:+.1f}, {100 * v.ci_high:+.1f}]", p_value,
-                     v.state.upper(), str(v.examples_to_decide or "")])
-    blocks.append(Table(["trial", "DPO settings", "after DPO, reporting [95% CI]",
-                         "DPO - SFT, points [95% CI]", "p", "state", "examples to decide"], rows, wrap_columns=(1,)))
-    blocks.append(Para(f"Method: {verdict.method}. Multiple comparisons: {dpo.correction}.", "note"))
+                     v.state.upper(), f"±{100 * trial.detectable:.0f}", str(v.examples_to_decide or "")])
+    blocks.append(Table(["trial", "DPO settings", "after DPO, reporting [95% CI]", "DPO - SFT, points [95% CI]",
+                         "p", "state", "resolvable (points)", "examples to decide"], rows, wrap_columns=(1,)))
+    blocks.append(Para(f"Method: {verdict.method}. Multiple comparisons: {dpo.correction}. Resolvable: half the "
+                       "paired interval's width, about the smallest DPO - SFT difference these reporting examples can "
+                       "tell from zero; examples to decide: how many would settle an inconclusive difference if it "
+                       "held.", "note"))
     return blocks

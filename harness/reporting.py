@@ -173,11 +173,12 @@ def judge_dpo(sft_dir: Path, trials: list[tuple[TrialRecord, RunResults]], chose
     # test, of the trial chosen on the selection split, unadjusted.
     raw = {str(number): versus("dpo_vs_sft", number).p_value for number in evaluated}
     adjusted = holm_adjust(raw) if len(raw) > 1 else {}
-    per_trial = [
-        DpoTrialVerdict(number=number, params=record.params, results=str(Path(reporting.run_dir) / "results.json"),
-                        reporting=reporting.final.heldout, verdict=versus("dpo_vs_sft", number, adjusted.get(str(number))))
-        for number, (record, reporting) in evaluated.items()
-    ]
+    per_trial = []
+    for number, (record, reporting) in evaluated.items():
+        verdict = versus("dpo_vs_sft", number, adjusted.get(str(number)))
+        per_trial.append(DpoTrialVerdict(
+            number=number, params=record.params, results=str(Path(reporting.run_dir) / "results.json"),
+            reporting=reporting.final.heldout, verdict=verdict, detectable=(verdict.ci_high - verdict.ci_low) / 2))
     chosen_verdict = versus("dpo_improves_sft", chosen)
     state = {"better": "yes", "worse": "no"}.get(chosen_verdict.state, "inconclusive")
     answer = {"yes": f"yes, DPO (trial {chosen}) improves on this SFT",
@@ -203,8 +204,9 @@ def dpo_summary_lines(dpo: DpoVerdicts) -> list[str]:
         p = f"p={v.p_value:.3g}" + (f", Holm {v.p_adjusted:.3g}" if v.p_adjusted is not None else "")
         lines.append(f"  trial {trial.number} after DPO {trial.reporting.score:.3f} vs after SFT {sft.score:.3f}: "
                      f"{100 * v.estimate:+.1f} points [{100 * v.ci_low:+.1f}, {100 * v.ci_high:+.1f}], {p}: "
-                     f"{v.state}" + (f" (about {v.examples_to_decide} examples would decide it)"
-                                     if v.examples_to_decide else ""))
+                     f"{v.state} (differences under ~{100 * trial.detectable:.0f} points are not resolvable here"
+                     + (f"; about {v.examples_to_decide} examples would decide this one)" if v.examples_to_decide
+                        else ")"))
     lines.append(f"  does DPO improve on this SFT? {dpo.verdict.text}")
     return lines
 

@@ -109,7 +109,9 @@ def prepare_inputs(cfg: RunConfig, show_card: bool = True) -> PreparedInputs:
 
     # 2. Training data, validated row by row (errors name file:line).
     sft = load_sft_data(cfg.data) if "sft" in cfg.train.stages else None
-    preference = load_preference_data(cfg.data) if "dpo" in cfg.train.stages else None
+    # data.preference_source=mined: DPO's pairs are mined after SFT (harness.onpolicy); the pool is checked below
+    mined = cfg.data.preference_source == "mined"
+    preference = load_preference_data(cfg.data) if "dpo" in cfg.train.stages and not mined else None
     tokenizer = load_tokenizer_checked(cfg)  # a missing model path or hub id: a ValueError naming the key
 
     # 3. Chat template and leakage checks, before any model weight is loaded.
@@ -125,6 +127,10 @@ def prepare_inputs(cfg: RunConfig, show_card: bool = True) -> PreparedInputs:
     every_split = [e for rows in load_eval_splits(cfg.eval).values() for e in rows]
     heldout_prompts = [(e.source, _prompt_text(e.messages)) for e in every_split]
     leakage = check_leakage(train_prompts, heldout_prompts, cfg.eval.leakage)
+    if mined:
+        from harness.onpolicy import check_pool
+
+        check_pool(cfg)
     card = validate.data_card(cfg, sft, sft_examples, preference, leakage, sample, tokenizer)
     if show_card:
         print(validate.format_data_card(card), flush=True)
@@ -184,6 +190,10 @@ def run_experiment(
                 reference_adapter = shared_sft.adapter
             elif "sft" in cfg.train.stages:
                 reference_adapter = _save_adapter(model, run_dir, "adapter_sft")
+            if inputs.preference is None:  # data.preference_source=mined: pairs from this SFT policy's errors
+                from harness.onpolicy import mine_for_run
+
+                inputs = mine_for_run(cfg, inputs, model, base.tokenizer, reference_adapter, run_dir / "pairs")
             dpo_result = train_dpo(
                 model, base.tokenizer, inputs.preference.pairs, cfg.train.dpo, run_dir,
                 seed=cfg.seed, device=device, compute_dtype=base.compute_dtype,

@@ -88,8 +88,9 @@ def shared_sft(cfg: RunConfig, sweep_dir: Path, inputs, worker_base) -> SftStart
 
 
 def sft_run_config(cfg: RunConfig) -> RunConfig:
-    """The run that trains the shared SFT: the sweep's config with the SFT stage only."""
-    return replace(cfg, sweep=None, train=replace(cfg.train, stages=["sft"]))
+    """The run that trains the shared SFT: the sweep's config with the SFT stage only (so no preference data)."""
+    return replace(cfg, sweep=None, train=replace(cfg.train, stages=["sft"]),
+                   data=replace(cfg.data, preference_source="file"))
 
 
 def sft_config(cfg: RunConfig) -> dict:

@@ -68,6 +68,7 @@ from harness.records import (
 from harness.redact import redact, redact_all
 from harness.reporting import dpo_summary_lines
 from harness.selection import rank_key
+from harness.onpolicy import sweep_pairs
 from harness.shared_sft import shared_sft, shares_sft
 from harness.sweep_storage import (
     counted,
@@ -168,6 +169,8 @@ def _sweep(cfg, sweep_dir, storage_url, space, inputs, started, overrides) -> Sw
     worker_base = WorkerBase()  # one base model for all of this worker's trials (harness.worker)
     try:
         sft_start = shared_sft(cfg, sweep_dir, inputs, worker_base)  # SFT -> DPO over dpo_* only: SFT once
+        if sft_start is not None and cfg.data.preference_source == "mined":  # mined once, with the shared SFT
+            inputs = sweep_pairs(cfg, sweep_dir, sft_start, inputs, worker_base)
         while (trial := next_trial(study, sweep, sweep_dir, n_trials, outcome)) is not None:
             progress.n = counted(study)
             progress.refresh()

@@ -41,6 +41,7 @@ RESULTS = {
     "data": {"sft_file": "t.jsonl", "sft_rows": 10, "sft_examples": 10, "sft_truncated": 0, "duplicates_removed": 0,
              "leakage": LEAKAGE, "chat_template_sample": "⟦x⟧", "preference_file": None, "preference_rows": None,
              "preference_pairs": None, "preference_duplicates_removed": None,
+             "preference_sha256": None, "preference_provenance": None,
              "sft_format": "messages", "sft_dropped_for_length": 0, "eval_file": "h.jsonl", "eval_rows": 2,
              "eval_examples": 2, "eval_duplicates_removed": 0,
              "warnings": [{"source": "t.jsonl:3", "message": "duplicate of t.jsonl:1, removed"}]},
@@ -100,7 +101,8 @@ VERDICTS = {"format": records.VERDICTS_FORMAT, "best": 2, "recommended": 1, "rea
                     "sft_reporting": SUMMARY,
                     "trials": [{"number": 2, "params": {"dpo_beta": 0.1}, "results": "t/002/reporting/results.json",
                                 "reporting": SUMMARY, "verdict": {**VERDICT, "question": "dpo_vs_sft", "state": "worse",
-                                                                  "p_value": 0.01, "p_adjusted": 0.02}}],
+                                                                  "p_value": 0.01, "p_adjusted": 0.02},
+                                "detectable": 0.08}],
                     "chosen": 2, "verdict": {**VERDICT, "question": "dpo_improves_sft", "state": "no", "p_value": 0.01},
                     "correction": "one trial, unadjusted"}}
 SHARED_SFT = {"format": records.SHARED_SFT_FORMAT,

@@ -23,7 +23,7 @@ OVERRIDES = [
     *TINY_OVERRIDES, "sweep.tracking=none", "+sweep=sft_dpo", "sweep.n_trials=2", "sweep.sampler=random",
     "eval.max_examples=6", "eval.canary_examples=2", "sweep.space.dpo_max_steps=[2]",
     "sweep.space.dpo_beta=[0.1,0.5]", "sweep.space.dpo_loss_type=[sigmoid,ipo]", "train.dpo.batch_size=4",
-    "data.max_preference_examples=8",
+    "data.max_preference_examples=8", "data.preference_source=file",  # the user's pairs; mined ones below
 ]
 
 
@@ -122,6 +122,7 @@ def test_verdicts_compare_every_dpo_trial_with_the_sft_on_the_reporting_split(sw
         assert trial.verdict.state in ("better", "worse", "inconclusive")
         assert trial.verdict.p_adjusted is not None  # two trials: Holm over both
         assert trial.verdict.ci_low <= trial.verdict.estimate <= trial.verdict.ci_high
+        assert trial.detectable == pytest.approx((trial.verdict.ci_high - trial.verdict.ci_low) / 2)
     assert dpo.verdict.question == "dpo_improves_sft" and dpo.verdict.state in ("yes", "no", "inconclusive")
     assert dpo.verdict.p_adjusted is None
     report = (root.parent / "reports" / "sft_dpo" / "report.md").read_text()  # reports/ beside the sweeps folder
@@ -165,7 +166,7 @@ def test_an_sft_directory_the_harness_did_not_make_is_refused_and_kept(tmp_path)
 def test_only_a_space_of_dpo_settings_after_sft_shares_the_sft():
     assert shares_sft(make_config(["+sweep=sft_dpo"]))
     assert not shares_sft(make_config(["+sweep=search_sft_dpo"]))  # samples lora_* and sft_*: SFT per trial
-    assert not shares_sft(make_config(["+sweep=sft_dpo", "train.stages=[dpo]"]))
+    assert not shares_sft(make_config(["+sweep=sft_dpo", "train.stages=[dpo]", "data.preference_source=file"]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -202,3 +203,79 @@ def test_a_loss_type_trl_lacks_is_refused_naming_the_key(values, message):
         make_config(["+sweep=sft_dpo", f"sweep.space.dpo_loss_type={values}"])
     with pytest.raises(ValueError, match=r"train\.dpo\.loss_type='simpo'"):
         make_config(["train=sft_dpo", "train.dpo.loss_type=simpo"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mined pairs: once per sweep, with the shared SFT policy, never on a held-out prompt
+
+
+POOL = Path(__file__).resolve().parents[1] / "evals" / "json_extract" / "preference_pool.jsonl"
+HELDOUT = Path(__file__).resolve().parents[1] / "evals" / "json_extract" / "heldout.jsonl"
+
+
+@pytest.fixture(scope="module")
+def mined_sweep(tmp_path_factory):
+    """A 2-trial sft_dpo sweep on pairs mined from a 5-prompt pool whose last prompt is a held-out one."""
+    root = tmp_path_factory.mktemp("mined")
+    rows = [json.loads(line) for line in POOL.read_text(encoding="utf-8").splitlines()[:4]]
+    heldout = json.loads(HELDOUT.read_text(encoding="utf-8").splitlines()[4])
+    rows.append({"messages": heldout["messages"], "reference": heldout["reference"]})
+    pool = root / "pool.jsonl"
+    pool.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    extra = ["data.preference_source=mined", f"data.mining.pool_file={pool}", "data.mining.samples=1"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HARNESS_CACHE", str(root / "cache"))
+        summary = _sweep(root, extra)
+    return root, root / "sft_dpo", summary, extra, pool, heldout
+
+
+def test_mined_pairs_exclude_heldout_prompts_and_feed_every_trial(mined_sweep):
+    from harness.records import MinedPairsRecord
+
+    _, sweep_dir, summary, _, pool, heldout = mined_sweep
+    assert summary.n_complete == 2
+    pairs_file = sweep_dir / "pairs" / "onpolicy.jsonl"
+    provenance = read_record(MinedPairsRecord, Path(f"{pairs_file}.provenance.json"))
+    shared = read_record(SharedSft, sweep_dir / "sft" / "shared_sft.json")
+    assert provenance.adapter_hash == shared.adapter_hash, "mined with the shared SFT policy"
+    assert provenance.excluded == [f"{pool}:5"] and provenance.counts.prompts_mined == 4
+    pairs = [json.loads(line) for line in pairs_file.read_text(encoding="utf-8").splitlines()]
+    assert pairs and all(pair["prompt"] != heldout["messages"] for pair in pairs)
+    for number in (0, 1):
+        _, results = _trial(sweep_dir, number)
+        assert results.data.preference_sha256 == provenance.pairs_sha256
+        assert results.data.preference_file == str(pairs_file)
+        assert results.data.preference_pairs == min(len(pairs), 8)  # data.max_preference_examples=8
+
+
+def test_a_mined_trial_command_alone_mines_the_same_pairs_and_trains_the_same_adapter(mined_sweep, tmp_path,
+                                                                                     monkeypatch):
+    root, sweep_dir, _, _, _, _ = mined_sweep
+    monkeypatch.setenv("HARNESS_CACHE", str(root / "cache"))
+    record, results = _trial(sweep_dir, 0)
+    alone = harness.run.run_experiment(compose_run_config(record.overrides), tmp_path / "trial", progress=False)
+    assert alone.data.preference_file == str(tmp_path / "trial" / "pairs" / "onpolicy.jsonl")
+    assert alone.data.preference_sha256 == results.data.preference_sha256
+    assert alone.adapter.hash == results.adapter.hash
+
+
+def test_resume_with_other_mining_settings_refuses_and_keeps_the_pairs(mined_sweep, tmp_path, monkeypatch):
+    root, sweep_dir, _, extra, _, _ = mined_sweep
+    copy = tmp_path / "sweeps"
+    shutil.copytree(sweep_dir, copy / "sft_dpo", symlinks=True)
+    pairs = (copy / "sft_dpo" / "pairs" / "onpolicy.jsonl").read_bytes()
+    monkeypatch.setenv("HARNESS_CACHE", str(root / "cache"))
+    counter = SftCounter(monkeypatch)
+    with pytest.raises(ValueError, match=r"mined with another data\.mining\.samples than this sweep uses.*not deleted"):
+        _sweep(copy, [*extra, "data.mining.samples=2"])
+    assert counter.run_dirs == [], "the shared SFT (mining settings are not its identity) was reused"
+    assert (copy / "sft_dpo" / "pairs" / "onpolicy.jsonl").read_bytes() == pairs
+
+
+def test_mined_pairs_need_an_sft_stage_and_a_pool():
+    with pytest.raises(ValueError, match=r"data\.preference_source=mined with train\.stages=\['dpo'\]"):
+        make_config(["train=dpo", "data.preference_source=mined"])
+    with pytest.raises(ValueError, match=r"data\.preference_source=mined needs a prompt pool: set data\.mining\.pool_file"):
+        make_config(["train=sft_dpo", "data.preference_source=mined", "data.mining.pool_file=null"])
+    with pytest.raises(ValueError, match=r"data\.preference_source='user'"):
+        make_config(["data.preference_source=user"])
