@@ -132,6 +132,11 @@ def git_revision() -> str:
         return "unknown"
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (a config path, resolved as resolve_path does): a data file's identity."""
+    return hashlib.sha256(resolve_path(path).read_bytes()).hexdigest()
+
+
 def resolve_path(path: str | Path) -> Path:
     """A config path: absolute as given, else relative to the working directory, else to the repository."""
     path = Path(path)

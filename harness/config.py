@@ -139,6 +139,9 @@ class DataConfig:
     name: str = "json_extract"
     sft_file: str = "evals/json_extract/sft_train.jsonl"  # rows of {"messages": [{"role", "content"}, ...]}
     preference_file: Optional[str] = None  # rows of {"prompt", "chosen", "rejected"}
+    # where DPO's pairs come from: file (preference_file, yours) or mined (after SFT, from the SFT policy's own
+    # errors on data.mining.pool_file: harness.pairs; a sweep mines once, into sweeps/<name>/pairs/)
+    preference_source: str = "file"
     max_sft_examples: Optional[int] = None  # use only the first N rows (None = all)
     max_preference_examples: Optional[int] = None
     dedupe: bool = True  # drop exact duplicate rows (each reported as a warning naming the kept copy)
@@ -147,6 +150,8 @@ class DataConfig:
     mining: MiningConfig = field(default_factory=MiningConfig)  # on-policy pairs from the SFT policy's errors
 
     def __post_init__(self) -> None:
+        if self.preference_source not in ("file", "mined"):
+            raise ValueError(f"data.preference_source={self.preference_source!r}: expected file or mined")
         if self.format not in ("auto", "messages", "sharegpt", "alpaca", "prompt_completion"):
             raise ValueError(f"data.format={self.format!r}: expected auto, messages, sharegpt, alpaca or "
                              "prompt_completion")
@@ -321,7 +326,13 @@ def check_stage_numbers(stage, prefix: str) -> None:
         raise ValueError(f"{prefix}.warmup_ratio={stage.warmup_ratio} must be in [0, 1)")
 
 
-# The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); sigmoid is the DPO paper's loss.
+# Exactly the loss types trl 1.16's DPOTrainer implements for paired data (DPOConfig.loss_type's list; the final
+# `else` of DPOTrainer's loss raises on anything else). sigmoid is the DPO paper's loss; ipo (IPO, length-
+# normalised in trl), hinge (SLiC), robust (rDPO, label_smoothing = flip rate), exo_pair, nca_pair, bco_pair,
+# sppo_hard, aot / aot_unpaired, apo_zero / apo_down, discopop, sft (the chosen answer's NLL alone) and
+# sigmoid_norm (DPO on per-token average log-ratios: the length normalisation SimPO uses, but still against the
+# reference). SimPO itself (reference-free, with a target margin) is only in trl.experimental.cpo's CPOTrainer
+# (loss_type="simpo"), and KTO / ORPO are their own trainers: not DPOTrainer losses, so not offered here.
 DPO_LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
     "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
@@ -392,6 +403,7 @@ class SearchSpace:
     dpo_beta: list[float] = field(default_factory=list)  # categorical
     dpo_max_steps: list[int] = field(default_factory=list)  # categorical
     dpo_learning_rate: list[float] = field(default_factory=list)  # [low, high], log-uniform
+    dpo_loss_type: list[str] = field(default_factory=list)  # categorical, each one of DPO_LOSS_TYPES
 
 
 @dataclass
@@ -470,6 +482,10 @@ class SweepConfig:
         for value in space.get("lora_dropout", []):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"sweep.space.lora_dropout: {value} must be in [0, 1)")
+        for index, value in enumerate(space.get("dpo_loss_type", [])):
+            if value not in DPO_LOSS_TYPES:
+                raise ValueError(f"sweep.space.dpo_loss_type[{index}]={value!r}: expected one of "
+                                 f"{', '.join(DPO_LOSS_TYPES)}")
         for value in space.get("lora_target_modules", []):
             if not target_module_list(value):
                 raise ValueError(f"sweep.space.lora_target_modules: {value!r} names no module (a comma-separated "
@@ -510,7 +526,17 @@ class RunConfig:
                 f"eval.split={self.eval.split!r} with sweep {self.sweep.name!r}: a sweep selects on the selection "
                 "split only (it scores its chosen trials on the reporting split itself)"
             )
-        if "dpo" in self.train.stages and not self.data.preference_file:
+        if (self.sweep is not None and "exo_pair" in self.sweep.space.dpo_loss_type
+                and self.train.dpo.label_smoothing <= 0):
+            raise ValueError("sweep.space.dpo_loss_type lists exo_pair, which needs train.dpo.label_smoothing > 0 "
+                             "(e.g. 1e-3)")
+        if self.data.preference_source == "mined":
+            if tuple(self.train.stages) != ("sft", "dpo"):
+                raise ValueError(f"data.preference_source=mined with train.stages={self.train.stages}: pairs are "
+                                 "mined from the SFT policy, so it needs stages [sft, dpo] (train=sft_dpo)")
+            if not self.data.mining.pool_file:
+                raise ValueError("data.preference_source=mined needs a prompt pool: set data.mining.pool_file")
+        elif "dpo" in self.train.stages and not self.data.preference_file:
             raise ValueError(
                 f"train.stages={self.train.stages} needs preference data: set data.preference_file"
             )

@@ -106,6 +106,13 @@ def train_dpo(
     return result
 
 
+def start_from_adapter(model, adapter_dir: Path) -> None:
+    """Put a saved adapter's weights into the model's fresh adapter, after the same strict layout check as the
+    reference gets (r, alpha, tensor names and shapes): a shared SFT's trials start from its exact tensors."""
+    policy = _adapter_weights(model, POLICY_ADAPTER)
+    _load_adapter_weights(model, POLICY_ADAPTER, _reference_weights(model, policy, adapter_dir))
+
+
 def _adapter_weights(model, adapter: str) -> dict[str, torch.Tensor]:
     """An adapter's LoRA weights, keyed as in a saved adapter_model.safetensors (without the adapter name)."""
     marker = f".{adapter}."

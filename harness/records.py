@@ -24,13 +24,14 @@ from harness.recordio import RecordError, from_json, read_record, to_json, write
 
 __all__ = ["RecordError", "from_json", "read_record", "to_json", "write_record"]  # the codec, re-exported
 
-RESULTS_FORMAT = "harness.results/v4"
+RESULTS_FORMAT = "harness.results/v5"  # v5: StageRecord.shared_from / adapter_hash (a shared SFT)
 TRIAL_FORMAT = "harness.trial/v3"
 SWEEP_FORMAT = "harness.sweep/v2"
 BEST_FORMAT = "harness.best/v1"
 BASELINE_FORMAT = "harness.gate/baseline-v4"
 BASELINE_CACHE_FORMAT = "harness.baseline-cache/v2"
-VERDICTS_FORMAT = "harness.verdicts/v1"
+VERDICTS_FORMAT = "harness.verdicts/v2"  # v2: SweepVerdicts.dpo (after SFT vs after DPO)
+SHARED_SFT_FORMAT = "harness.shared-sft/v1"
 MINED_PAIRS_FORMAT = "harness.pairs/mined-v1"
 
 
@@ -220,6 +221,10 @@ class StageRecord:
     regression: dict[str, RegressionScore]
     train: TrainingStats | None = None  # None: scored, not trained (a gate evaluation)
     reference: DpoReference | None = None  # DPO stages only
+    # An SFT stage a sft_dpo sweep trained once for all its trials (sweeps/<name>/sft): that run directory, and
+    # the hash of the adapter the trial started from. The trial did not train this stage; its record is a copy.
+    shared_from: str | None = None
+    adapter_hash: str | None = None
 
 
 @dataclass
@@ -256,6 +261,8 @@ class DataCard:
     preference_rows: int | None = None
     preference_pairs: int | None = None
     preference_duplicates_removed: int | None = None
+    preference_sha256: str | None = None  # of the pairs file DPO trained on (its identity; the path is not)
+    preference_provenance: str | None = None  # mined pairs: their provenance record (harness.pairs)
     sft_format: str | None = None  # the detected (or configured) data.format
     sft_dropped_for_length: int = 0  # rows left without an assistant token within train.sft.max_length
     eval_file: str | None = None
@@ -344,6 +351,30 @@ class RunResults:
 
 
 @dataclass
+class SftIdentity:
+    """What decides a shared SFT adapter's tensors and its selection-split scores."""
+
+    config_hash: str  # of SharedSft.config: the run config without the DPO stage, preference data or sweep
+    data_hash: str  # of the tokenized SFT examples trained on
+    eval_set_hash: str
+    seed: int
+    model_hash: str  # the base model's content identity
+
+
+@dataclass
+class SharedSft:
+    """sweeps/<name>/sft/shared_sft.json, written last: the SFT an sft_dpo sweep trained once for every trial."""
+
+    identity: SftIdentity
+    identity_hash: str
+    run_dir: str  # a normal run directory: adapter/, results.json (scored on the selection split), loss.jsonl
+    adapter_hash: str
+    config: dict[str, Any]  # the SFT-relevant config that config_hash is of (to name what changed on resume)
+    created_at: str
+    format: str = SHARED_SFT_FORMAT
+
+
+@dataclass
 class IntermediateScore:
     step: int
     score: float  # on the pruning subset of the selection examples
@@ -406,9 +437,11 @@ class SweepRecord:
 class Verdict:
     """One decision the report states, on the reporting split, in one of three states with its evidence."""
 
-    question: str  # min_score | finetuning_needed | best_vs_runner_up | cheaper_alternative
+    question: str  # min_score | finetuning_needed | best_vs_runner_up | cheaper_alternative | dpo_vs_sft |
+    #                dpo_improves_sft
     state: str  # min_score: meets|below|inconclusive; finetuning_needed: yes|no|inconclusive;
-    #             best_vs_runner_up: better|worse|inconclusive; cheaper_alternative: cheaper|best
+    #             best_vs_runner_up, dpo_vs_sft: better|worse|inconclusive; cheaper_alternative: cheaper|best;
+    #             dpo_improves_sft: yes|no|inconclusive
     text: str  # one line: the numbers, the method, and why this state
     method: str  # the interval or test, named
     estimate: float  # the score (min_score) or the paired difference (B - A)
@@ -443,7 +476,35 @@ class SweepVerdicts:
     correction: str  # how the p-values of several comparisons were adjusted
     equivalence_margin: float
     alpha: float
+    dpo: DpoVerdicts | None = None  # sft_dpo sweeps with a shared SFT only
     format: str = VERDICTS_FORMAT
+
+
+@dataclass
+class DpoTrialVerdict:
+    """One DPO trial of an sft_dpo sweep on the reporting split, against the SFT it started from."""
+
+    number: int
+    params: dict[str, Any]
+    results: str  # its reporting evaluation's results.json
+    reporting: ScoreSummary
+    verdict: Verdict  # dpo_vs_sft: better | worse | inconclusive (after DPO vs after SFT, paired, Holm-adjusted)
+    # half the paired interval's width: about the smallest DPO - SFT difference these examples can tell from zero
+    detectable: float
+
+
+@dataclass
+class DpoVerdicts:
+    """Does DPO improve on this SFT? Every complete DPO trial and the shared SFT, scored on the reporting split."""
+
+    sft_results: str  # the shared SFT adapter's reporting evaluation (sweeps/<name>/sft/reporting/results.json)
+    sft_adapter_hash: str
+    sft_selection: ScoreSummary
+    sft_reporting: ScoreSummary
+    trials: list[DpoTrialVerdict]
+    chosen: int  # the DPO trial chosen on the selection split (the sweep's best)
+    verdict: Verdict  # dpo_improves_sft: yes | no | inconclusive, for the chosen trial (one test, unadjusted)
+    correction: str
 
 
 @dataclass

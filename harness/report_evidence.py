@@ -9,7 +9,7 @@ flattered the selection score) and every verdict with its state, its evidence an
 
 from __future__ import annotations
 
-from harness.records import SweepVerdicts
+from harness.records import DpoVerdicts, SweepVerdicts
 from harness.render import Heading, Para, Table
 from harness.report import Sweep
 
@@ -23,7 +23,8 @@ STATE_CLASS = {"meets": "verdict ok", "no": "verdict ok", "better": "verdict ok"
                "best": "verdict ok", "below": "verdict warn", "yes": "verdict ok", "worse": "verdict warn",
                "inconclusive": "verdict warn"}
 QUESTIONS = {"min_score": "meets min_score?", "finetuning_needed": "was fine-tuning needed?",
-             "best_vs_runner_up": "best vs runner-up", "cheaper_alternative": "cheaper configuration?"}
+             "best_vs_runner_up": "best vs runner-up", "cheaper_alternative": "cheaper configuration?",
+             "dpo_vs_sft": "after DPO vs after SFT", "dpo_improves_sft": "does DPO improve on this SFT?"}
 
 
 def evidence_section(sweeps: list[Sweep]) -> list:
@@ -64,7 +65,40 @@ def _one_sweep(verdicts: SweepVerdicts) -> list:
             blocks.append(Para(f"{QUESTIONS.get(verdict.question, verdict.question)} is inconclusive: about "
                                f"{verdict.examples_to_decide} reporting examples would decide it if the observed "
                                "effect held.", "warn"))
+    if verdicts.dpo is not None:
+        blocks += _dpo_blocks(verdicts.dpo)
     blocks.append(Para("Why this adapter: " + " ".join(verdicts.reasons)))
     blocks.append(Para(f"Multiple comparisons: {verdicts.correction}. Equivalence margin: "
                        f"±{verdicts.equivalence_margin:g} (eval.equivalence_margin)."))
+    return blocks
+
+
+def _dpo_blocks(dpo: DpoVerdicts) -> list:
+    """SFT -> DPO: every DPO trial against the shared SFT it started from, on the reporting split."""
+    sft = dpo.sft_reporting
+    verdict = dpo.verdict
+    blocks: list = [
+        Heading(3, "Does DPO improve on this SFT?"),
+        Para(f"Answer: {verdict.text}", STATE_CLASS.get(verdict.state, "verdict warn")),
+        Para(f"Every trial started from the same SFT adapter (trained once, hash {dpo.sft_adapter_hash[:12]}): "
+             f"reporting split {sft.score:.3f} [{sft.ci_low:.3f}, {sft.ci_high:.3f}], n={sft.n} (selection split "
+             f"{dpo.sft_selection.score:.3f}). The sweep's verdict is about trial #{dpo.chosen}, chosen on the "
+             "selection split."),
+    ]
+    rows = []
+    for trial in dpo.trials:
+        v = trial.verdict
+        p_value = f"{v.p_value:.3g}" + (f" (Holm {v.p_adjusted:.3g})" if v.p_adjusted is not None else "")
+        settings = " ".join(f"{k}={val:.3g}" if isinstance(val, float) else f"{k}={val}"
+                            for k, val in trial.params.items())
+        rows.append([f"#{trial.number}", settings,
+                     f"{trial.reporting.score:.3f} [{trial.reporting.ci_low:.3f}, {trial.reporting.ci_high:.3f}]",
+                     f"{100 * v.estimate:+.1f} [{100 * v.ci_low:+.1f}, {100 * v.ci_high:+.1f}]", p_value,
+                     v.state.upper(), f"±{100 * trial.detectable:.0f}", str(v.examples_to_decide or "")])
+    blocks.append(Table(["trial", "DPO settings", "after DPO, reporting [95% CI]", "DPO - SFT, points [95% CI]",
+                         "p", "state", "resolvable (points)", "examples to decide"], rows, wrap_columns=(1,)))
+    blocks.append(Para(f"Method: {verdict.method}. Multiple comparisons: {dpo.correction}. Resolvable: half the "
+                       "paired interval's width, about the smallest DPO - SFT difference these reporting examples can "
+                       "tell from zero; examples to decide: how many would settle an inconclusive difference if it "
+                       "held.", "note"))
     return blocks

@@ -12,6 +12,11 @@ once on the reporting split, with the base model's zero-shot and prompt baseline
     verdicts.json                          SweepVerdicts: min_score, was fine-tuning needed, best vs runner-up,
                                            the cheaper alternative, each in three states, Holm-adjusted
 
+An sft_dpo sweep with a shared SFT (harness.shared_sft) also scores that SFT adapter (`sft/reporting/`) and every
+complete DPO trial on the reporting split, and adds `SweepVerdicts.dpo`: per trial, after DPO vs after SFT
+(paired, Holm-adjusted over the trials), and for the trial chosen on the selection split, "does DPO improve on
+this SFT?" (yes / no / inconclusive, one test).
+
 Regression benchmarks do not depend on the split: a candidate's regression scores are its trial's (same adapter,
 same benchmark data) and the base model's are its trial's baselines', reused instead of running lm-eval again.
 Resumable: a reporting evaluation whose adapter and eval set identities match is read, not recomputed.
@@ -25,12 +30,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.records import (
+    DpoTrialVerdict,
+    DpoVerdicts,
     RecordError,
     ReportingScore,
     RunResults,
     StageRecord,
     SweepVerdicts,
     TrialRecord,
+    Verdict,
     read_record,
     to_json,
     write_record,
@@ -48,8 +56,10 @@ log = logging.getLogger(__name__)
 ALPHA = 0.05
 
 
-def judge_on_reporting_split(sweep_dir: Path, records: list[TrialRecord], margin: float) -> SweepVerdicts | None:
-    """Score the candidates on the reporting split and write verdicts.json (None when no trial completed)."""
+def judge_on_reporting_split(sweep_dir: Path, records: list[TrialRecord], margin: float,
+                             sft_dir: Path | None = None) -> SweepVerdicts | None:
+    """Score the candidates on the reporting split and write verdicts.json (None when no trial completed).
+    `sft_dir`: the sweep's shared SFT run, which every trial's DPO started from (adds the DPO verdicts)."""
     completed = []
     for record in records:
         results_path = Path(record.trial_dir) / "results.json"
@@ -64,6 +74,9 @@ def judge_on_reporting_split(sweep_dir: Path, records: list[TrialRecord], margin
             scored[record.number] = (record, results, evaluate_reporting(Path(record.trial_dir), results))
     verdicts = decide(scored, best[0].number, runner_up[0].number if runner_up else None,
                       cheaper[0].number if cheaper else None, margin)
+    if sft_dir is not None:
+        trials = sorted(completed, key=lambda pair: pair[0].number)
+        verdicts = replace(verdicts, dpo=judge_dpo(sft_dir, trials, best[0].number))
     write_record(sweep_dir / "verdicts.json", verdicts)
     return verdicts
 
@@ -141,6 +154,70 @@ def decide(scored: dict[int, tuple[TrialRecord, RunResults, RunResults]], best: 
                     "unadjusted" if adjusted else "none: at most one comparison per decision"),
         equivalence_margin=margin, alpha=ALPHA,
     )
+
+
+def judge_dpo(sft_dir: Path, trials: list[tuple[TrialRecord, RunResults]], chosen: int) -> DpoVerdicts:
+    """After SFT vs after DPO on the reporting split: the shared SFT adapter and every complete DPO trial."""
+    sft = read_record(RunResults, sft_dir / "results.json")
+    sft_reporting = evaluate_reporting(sft_dir, sft)
+    sft_scores = sft_reporting.final_stage.heldout.scores
+    sources = [row.source for row in sft_reporting.final_stage.heldout.per_example]
+    evaluated = {}
+    for record, results in trials:
+        started_from = results.stages["sft"].adapter_hash
+        if started_from != sft.adapter.hash:
+            raise ValueError(f"trial {record.number} started from SFT adapter {started_from}, not the shared SFT's "
+                             f"{sft.adapter.hash} ({sft_dir}): its DPO cannot be compared with that SFT")
+        reporting = evaluate_reporting(Path(record.trial_dir), results)
+        if [row.source for row in reporting.final_stage.heldout.per_example] != sources:
+            raise ValueError(f"trial {record.number}'s reporting examples differ from the shared SFT's")
+        evaluated[record.number] = (record, reporting)
+
+    def versus(question: str, number: int, p_adjusted: float | None = None) -> Verdict:
+        scores = evaluated[number][1].final_stage.heldout.scores
+        return paired_verdict(question, "after SFT", sft_scores, f"after DPO (trial {number})", scores, ALPHA,
+                              p_adjusted)
+
+    # Each trial's "did DPO change anything" is one of a family: Holm over the trials. The sweep's question is one
+    # test, of the trial chosen on the selection split, unadjusted.
+    raw = {str(number): versus("dpo_vs_sft", number).p_value for number in evaluated}
+    adjusted = holm_adjust(raw) if len(raw) > 1 else {}
+    per_trial = []
+    for number, (record, reporting) in evaluated.items():
+        verdict = versus("dpo_vs_sft", number, adjusted.get(str(number)))
+        per_trial.append(DpoTrialVerdict(
+            number=number, params=record.params, results=str(Path(reporting.run_dir) / "results.json"),
+            reporting=reporting.final.heldout, verdict=verdict, detectable=(verdict.ci_high - verdict.ci_low) / 2))
+    chosen_verdict = versus("dpo_improves_sft", chosen)
+    state = {"better": "yes", "worse": "no"}.get(chosen_verdict.state, "inconclusive")
+    answer = {"yes": f"yes, DPO (trial {chosen}) improves on this SFT",
+              "no": f"no, DPO (trial {chosen}) is worse than this SFT",
+              "inconclusive": f"inconclusive, DPO (trial {chosen}) is not distinguishable from this SFT"}[state]
+    chosen_verdict = replace(chosen_verdict, state=state,
+                             text=f"{answer}: {chosen_verdict.text.split(': ', 1)[1]}")
+    correction = (f"per trial: Holm over the {len(adjusted)} DPO trials' comparisons with the SFT, at alpha {ALPHA:g}; "
+                  if adjusted else "per trial: one trial, unadjusted; ")
+    correction += "the sweep's verdict is one comparison (the trial chosen on the selection split), unadjusted"
+    return DpoVerdicts(sft_results=str(Path(sft_reporting.run_dir) / "results.json"), sft_adapter_hash=sft.adapter.hash,
+                       sft_selection=sft.final.heldout, sft_reporting=sft_reporting.final.heldout, trials=per_trial,
+                       chosen=chosen, verdict=chosen_verdict, correction=correction)
+
+
+def dpo_summary_lines(dpo: DpoVerdicts) -> list[str]:
+    """The sweep's console lines for the DPO verdicts."""
+    sft = dpo.sft_reporting
+    lines = [(f"  shared SFT: selection {dpo.sft_selection.score:.3f}, reporting {sft.score:.3f} "
+              f"[{sft.ci_low:.3f}, {sft.ci_high:.3f}]")]
+    for trial in dpo.trials:
+        v = trial.verdict
+        p = f"p={v.p_value:.3g}" + (f", Holm {v.p_adjusted:.3g}" if v.p_adjusted is not None else "")
+        lines.append(f"  trial {trial.number} after DPO {trial.reporting.score:.3f} vs after SFT {sft.score:.3f}: "
+                     f"{100 * v.estimate:+.1f} points [{100 * v.ci_low:+.1f}, {100 * v.ci_high:+.1f}], {p}: "
+                     f"{v.state} (differences under ~{100 * trial.detectable:.0f} points are not resolvable here"
+                     + (f"; about {v.examples_to_decide} examples would decide this one)" if v.examples_to_decide
+                        else ")"))
+    lines.append(f"  does DPO improve on this SFT? {dpo.verdict.text}")
+    return lines
 
 
 def evaluate_reporting(trial_dir: Path, results: RunResults) -> RunResults:

@@ -42,7 +42,7 @@ from harness.data import (
     render_loss_sample,
     tokenize_sft,
 )
-from harness.dpo import train_dpo
+from harness.dpo import start_from_adapter, train_dpo
 from harness.evalset import verify_frozen
 from harness.evaluate import (
     HeldoutExample,
@@ -109,7 +109,9 @@ def prepare_inputs(cfg: RunConfig, show_card: bool = True) -> PreparedInputs:
 
     # 2. Training data, validated row by row (errors name file:line).
     sft = load_sft_data(cfg.data) if "sft" in cfg.train.stages else None
-    preference = load_preference_data(cfg.data) if "dpo" in cfg.train.stages else None
+    # data.preference_source=mined: DPO's pairs are mined after SFT (harness.onpolicy); the pool is checked below
+    mined = cfg.data.preference_source == "mined"
+    preference = load_preference_data(cfg.data) if "dpo" in cfg.train.stages and not mined else None
     tokenizer = load_tokenizer_checked(cfg)  # a missing model path or hub id: a ValueError naming the key
 
     # 3. Chat template and leakage checks, before any model weight is loaded.
@@ -125,6 +127,10 @@ def prepare_inputs(cfg: RunConfig, show_card: bool = True) -> PreparedInputs:
     every_split = [e for rows in load_eval_splits(cfg.eval).values() for e in rows]
     heldout_prompts = [(e.source, _prompt_text(e.messages)) for e in every_split]
     leakage = check_leakage(train_prompts, heldout_prompts, cfg.eval.leakage)
+    if mined:
+        from harness.onpolicy import check_pool
+
+        check_pool(cfg)
     card = validate.data_card(cfg, sft, sft_examples, preference, leakage, sample, tokenizer)
     if show_card:
         print(validate.format_data_card(card), flush=True)
@@ -133,12 +139,14 @@ def prepare_inputs(cfg: RunConfig, show_card: bool = True) -> PreparedInputs:
 
 def run_experiment(
     cfg: RunConfig, run_dir: Path, inputs: PreparedInputs | None = None, callbacks=None, progress: bool = True,
-    base: BaseModel | None = None,
+    base: BaseModel | None = None, shared_sft=None,
 ) -> RunResults:
     """Train and score one configuration; `progress=False` silences per-step output (sweeps print one line).
 
     `base`: a base model already loaded for `cfg` (`load_run_base`; a sweep worker shares one across its trials,
     harness.worker). The run puts a fresh adapter on it and takes it off again at the end, however the run ends.
+    `shared_sft`: an SFT trained once for a whole sweep (harness.shared_sft.SftStart): the run starts from its
+    adapter and records its SFT stage instead of training one, and DPO's reference is that adapter.
     """
     started = time.perf_counter()
     seed_everything(cfg.seed)
@@ -163,7 +171,10 @@ def run_experiment(
     with lora_adapter(base.model, cfg.lora) as model:
         stages: dict[str, StageRecord] = {}
         loss_log: list[dict] = []
-        if "sft" in cfg.train.stages:
+        if "sft" in cfg.train.stages and shared_sft is not None:
+            start_from_adapter(model, shared_sft.adapter)
+            stages["sft"] = shared_sft.stage
+        elif "sft" in cfg.train.stages:
             sft_result = train_sft(
                 model, base.tokenizer, inputs.sft_examples, cfg.train.sft, run_dir,
                 seed=cfg.seed, device=device, compute_dtype=base.compute_dtype,
@@ -174,7 +185,15 @@ def run_experiment(
         if "dpo" in cfg.train.stages:
             # The reference is the policy DPO starts from: after SFT the SFT adapter (saved, and loaded again frozen),
             # otherwise the base model.
-            reference_adapter = _save_adapter(model, run_dir, "adapter_sft") if "sft" in cfg.train.stages else None
+            reference_adapter = None
+            if shared_sft is not None:
+                reference_adapter = shared_sft.adapter
+            elif "sft" in cfg.train.stages:
+                reference_adapter = _save_adapter(model, run_dir, "adapter_sft")
+            if inputs.preference is None:  # data.preference_source=mined: pairs from this SFT policy's errors
+                from harness.onpolicy import mine_for_run
+
+                inputs = mine_for_run(cfg, inputs, model, base.tokenizer, reference_adapter, run_dir / "pairs")
             dpo_result = train_dpo(
                 model, base.tokenizer, inputs.preference.pairs, cfg.train.dpo, run_dir,
                 seed=cfg.seed, device=device, compute_dtype=base.compute_dtype,

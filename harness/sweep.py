@@ -66,7 +66,10 @@ from harness.records import (
     write_record,
 )
 from harness.redact import redact, redact_all
+from harness.reporting import dpo_summary_lines
 from harness.selection import rank_key
+from harness.onpolicy import sweep_pairs
+from harness.shared_sft import shared_sft, shares_sft
 from harness.sweep_storage import (
     counted,
     load_study,
@@ -165,10 +168,13 @@ def _sweep(cfg, sweep_dir, storage_url, space, inputs, started, overrides) -> Sw
     outcome = _outcome_reader(sweep.objective)
     worker_base = WorkerBase()  # one base model for all of this worker's trials (harness.worker)
     try:
+        sft_start = shared_sft(cfg, sweep_dir, inputs, worker_base)  # SFT -> DPO over dpo_* only: SFT once
+        if sft_start is not None and cfg.data.preference_source == "mined":  # mined once, with the shared SFT
+            inputs = sweep_pairs(cfg, sweep_dir, sft_start, inputs, worker_base)
         while (trial := next_trial(study, sweep, sweep_dir, n_trials, outcome)) is not None:
             progress.n = counted(study)
             progress.refresh()
-            _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, overrides, worker_base)
+            _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, overrides, worker_base, sft_start)
     finally:
         worker_base.close()
         release_trial_memory(resolve_device(cfg.train.device))  # the reporting split loads a base of its own
@@ -193,7 +199,7 @@ PARAM_KEYS = {
     "lora_dropout": "lora.dropout", "lora_target_modules": "lora.target_modules",
     "sft_learning_rate": "train.sft.learning_rate", "sft_max_steps": "train.sft.max_steps",
     "dpo_beta": "train.dpo.beta", "dpo_max_steps": "train.dpo.max_steps",
-    "dpo_learning_rate": "train.dpo.learning_rate",
+    "dpo_learning_rate": "train.dpo.learning_rate", "dpo_loss_type": "train.dpo.loss_type",
 }
 
 
@@ -244,7 +250,7 @@ class _PruningCallback(TrialSteps):
             raise optuna.TrialPruned(f"held-out subset score {score:.3f} at step {step}")
 
 
-def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, task_overrides, worker_base) -> None:
+def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, task_overrides, worker_base, sft_start) -> None:
     from harness.reproduce import trial_command, trial_overrides, verify_overrides
     from harness.run import run_experiment
 
@@ -275,10 +281,10 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, task_overri
     try:
         trial_cfg = apply_params(cfg, params)
         verify_overrides(overrides, trial_cfg)  # the recorded command rebuilds exactly this config
-        record.steps_budget = steps_budget(trial_cfg)
+        record.steps_budget = steps_budget(trial_cfg, shared_sft=sft_start is not None)
         with heartbeat:
             results = run_experiment(trial_cfg, trial_dir, inputs, callbacks=callbacks, progress=False,
-                                     base=worker_base.base_for(trial_cfg))
+                                     base=worker_base.base_for(trial_cfg), shared_sft=sft_start)
         kill_point("after_results")
         values, constraints = _outcome(results, sweep.objective)
         for name, value in constraints.items():
@@ -437,6 +443,8 @@ def _finish(cfg, study, sweep_dir, storage_url, space, eval_set_hash, n_trials, 
         for verdict in verdicts.verdicts:
             print(f"  {verdict.question}: {verdict.state}")
         print(f"recommended: trial {verdicts.recommended}")
+        for line in dpo_summary_lines(verdicts.dpo) if verdicts.dpo else []:
+            print(line)
     _write_report(sweep_dir)
     return summary
 
@@ -445,8 +453,9 @@ def _judge_on_reporting_split(cfg, sweep_dir: Path, records: list[TrialRecord]):
     """Score the chosen trials on the reporting split and write verdicts.json (harness.reporting)."""
     from harness.reporting import judge_on_reporting_split
 
+    sft_dir = sweep_dir / "sft" if shares_sft(cfg) else None
     try:
-        return judge_on_reporting_split(sweep_dir, records, cfg.eval.equivalence_margin)
+        return judge_on_reporting_split(sweep_dir, records, cfg.eval.equivalence_margin, sft_dir)
     except Exception as err:  # the trials stand even if the reporting evaluation fails
         log.exception("could not score the chosen trials on the reporting split")
         print(f"reporting split: FAILED ({type(err).__name__}: {err}); no verdicts.json")

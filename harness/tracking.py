@@ -43,10 +43,12 @@ class StepCounter(TrialSteps):
         self.steps = self.trial_step(state)
 
 
-def steps_budget(cfg) -> int | None:
+def steps_budget(cfg, shared_sft: bool = False) -> int | None:
     """The optimizer steps a trial of `cfg` (a RunConfig) trains if nothing stops it (None: a stage trains for
-    epochs). With StepCounter, what the report's pruning budget adds up."""
-    stages = [cfg.train.sft if name == "sft" else cfg.train.dpo for name in cfg.train.stages]
+    epochs); `shared_sft`: the trial starts from the sweep's shared SFT and trains DPO only. With StepCounter,
+    what the report's pruning budget adds up."""
+    stages = [cfg.train.sft if name == "sft" else cfg.train.dpo for name in cfg.train.stages
+              if not (shared_sft and name == "sft")]
     return sum(stage.max_steps for stage in stages) if all(stage.max_steps > 0 for stage in stages) else None
 
 

@@ -21,6 +21,7 @@ import re
 import sys
 from pathlib import Path
 
+from harness.artifacts import file_sha256
 from harness.config import RunConfig
 from harness.data import DataError, PreferenceData, SFTData, TokenizedExample
 from harness.records import DataCard, DataWarning, LeakageReport
@@ -179,6 +180,7 @@ def data_card(cfg: RunConfig, sft: SFTData | None, sft_examples: list[TokenizedE
         leakage=leakage,
         chat_template_sample=sample,
         preference_file=preference.path if preference else None,
+        preference_sha256=file_sha256(preference.path) if preference else None,
         preference_rows=preference.rows_read if preference else None,
         preference_pairs=len(preference.pairs) if preference else None,
         preference_duplicates_removed=preference.duplicates_removed if preference else None,
@@ -219,7 +221,8 @@ def format_data_card(card: DataCard) -> str:
                      f"{card.sft_truncated} truncated for length, {card.sft_examples} examples kept")
     if card.preference_file:
         lines.append(f"  preference {card.preference_file}: {card.preference_rows} rows read, "
-                     f"{card.preference_duplicates_removed} duplicates removed, {card.preference_pairs} pairs kept")
+                     f"{card.preference_duplicates_removed} duplicates removed, {card.preference_pairs} pairs kept "
+                     f"(sha256 {(card.preference_sha256 or '')[:12]})")
     lines.append(f"  eval       {card.eval_file}: {card.eval_rows} rows read, {card.eval_duplicates_removed} duplicates "
                  f"removed, {card.eval_examples} examples kept")
     leak = card.leakage

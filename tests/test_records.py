@@ -41,14 +41,17 @@ RESULTS = {
     "data": {"sft_file": "t.jsonl", "sft_rows": 10, "sft_examples": 10, "sft_truncated": 0, "duplicates_removed": 0,
              "leakage": LEAKAGE, "chat_template_sample": "⟦x⟧", "preference_file": None, "preference_rows": None,
              "preference_pairs": None, "preference_duplicates_removed": None,
+             "preference_sha256": None, "preference_provenance": None,
              "sft_format": "messages", "sft_dropped_for_length": 0, "eval_file": "h.jsonl", "eval_rows": 2,
              "eval_examples": 2, "eval_duplicates_removed": 0,
              "warnings": [{"source": "t.jsonl:3", "message": "duplicate of t.jsonl:1, removed"}]},
     "baselines": {"key": "k", "cached": False, "zero_shot": HELDOUT, "prompt_baseline": None,
                   "prompting_meets_min_score": False, "regression": {"mc": REGRESSION}},
-    "stages": {"sft": {"heldout": HELDOUT, "regression": {"mc": REGRESSION}, "train": TRAINING, "reference": None},
+    "stages": {"sft": {"heldout": HELDOUT, "regression": {"mc": REGRESSION}, "train": TRAINING, "reference": None,
+                       "shared_from": "sweeps/sft_dpo/sft", "adapter_hash": "aa"},
                "dpo": {"heldout": HELDOUT, "regression": {}, "train": {**TRAINING, "stage": "dpo"},
-                       "reference": {"policy": "sft", "adapter": "run/adapter_sft", "adapter_hash": "aa"}}},
+                       "reference": {"policy": "sft", "adapter": "sweeps/sft_dpo/sft/adapter", "adapter_hash": "aa"},
+                       "shared_from": None, "adapter_hash": None}},
     "final": {"stage": "dpo", "heldout": SUMMARY, "meets_min_score": False,
               "regression": {"mc": {k: v for k, v in REGRESSION.items() if k != "per_example"}},
               "regression_delta": {"mc": {"base": 0.5, "adapter": 0.5, "delta": 0.0, "max_regression": 0.05,
@@ -93,10 +96,23 @@ VERDICTS = {"format": records.VERDICTS_FORMAT, "best": 2, "recommended": 1, "rea
                         "reporting": SUMMARY, "optimism_gap": 0.0}],
             "verdicts": [VERDICT, {**VERDICT, "question": "best_vs_runner_up", "state": "better", "p_value": 0.01,
                                    "p_adjusted": 0.02, "examples_to_decide": 12}],
-            "correction": "Holm", "equivalence_margin": 0.05, "alpha": 0.05}
+            "correction": "Holm", "equivalence_margin": 0.05, "alpha": 0.05,
+            "dpo": {"sft_results": "sft/reporting/results.json", "sft_adapter_hash": "aa", "sft_selection": SUMMARY,
+                    "sft_reporting": SUMMARY,
+                    "trials": [{"number": 2, "params": {"dpo_beta": 0.1}, "results": "t/002/reporting/results.json",
+                                "reporting": SUMMARY, "verdict": {**VERDICT, "question": "dpo_vs_sft", "state": "worse",
+                                                                  "p_value": 0.01, "p_adjusted": 0.02},
+                                "detectable": 0.08}],
+                    "chosen": 2, "verdict": {**VERDICT, "question": "dpo_improves_sft", "state": "no", "p_value": 0.01},
+                    "correction": "one trial, unadjusted"}}
+SHARED_SFT = {"format": records.SHARED_SFT_FORMAT,
+              "identity": {"config_hash": "c1", "data_hash": "d1", "eval_set_hash": "abc-selection", "seed": 0,
+                           "model_hash": "0123"},
+              "identity_hash": "i1", "run_dir": "sweeps/sft_dpo/sft", "adapter_hash": "aa",
+              "config": {"train": {"sft": {"max_steps": 30}}}, "created_at": "t"}
 CASES = [(records.RunResults, RESULTS), (records.TrialRecord, TRIAL), (records.SweepRecord, SWEEP),
          (records.BestTrial, BEST), (records.GateBaseline, BASELINE), (records.BaselineCache, CACHE),
-         (records.SweepVerdicts, VERDICTS)]
+         (records.SweepVerdicts, VERDICTS), (records.SharedSft, SHARED_SFT)]
 
 
 def _same(a, b) -> bool:

@@ -94,8 +94,9 @@ def test_sft_then_dpo_trial_reports_and_logs_steps_across_both_stages(tmp_path):
     cfg = make_config([
         *SWEEP_OVERRIDES, "+sweep=sft_dpo", f"sweep.sweeps_dir={tmp_path}", "sweep.n_trials=1",
         "sweep.tracking=mlflow", "sweep.pruner=threshold", "sweep.prune_threshold=-1.0", "sweep.prune_every_steps=2",
-        "sweep.prune_eval_examples=2", "train.sft.max_steps=4", "sweep.space.dpo_max_steps=[4]",
-        "train.dpo.batch_size=4", "data.max_preference_examples=8",
+        # sampling an SFT setting keeps SFT in every trial (a space of dpo_* only would share one SFT)
+        "sweep.prune_eval_examples=2", "sweep.space.sft_max_steps=[4]", "sweep.space.dpo_max_steps=[4]",
+        "train.dpo.batch_size=4", "data.max_preference_examples=8", "data.preference_source=file",
     ])
     summary = run_sweep(cfg)
     assert summary.n_complete == 1

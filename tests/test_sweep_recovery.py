@@ -174,7 +174,7 @@ def test_sweep_config_errors_are_raised_at_compose_time_naming_the_key(overrides
 
 def test_a_short_tpe_sweep_keeps_trials_for_tpe_itself():
     sweep = make_config(["+sweep=sft_dpo"]).sweep
-    assert sweep.n_trials == 6 and sweep.startup_trials() == 2  # 2 random, then 4 chosen by TPE
+    assert sweep.n_trials == 3 and sweep.startup_trials() == 1  # 1 random, then 2 chosen by TPE
 
 
 def test_a_second_worker_on_sqlite_is_refused(tmp_path):
