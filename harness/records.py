@@ -489,7 +489,7 @@ class DpoTrialVerdict:
     results: str  # its reporting evaluation's results.json
     reporting: ScoreSummary
     verdict: Verdict  # dpo_vs_sft: better | worse | inconclusive (after DPO vs after SFT, paired, Holm-adjusted)
-    # half the paired interval's width: about the smallest DPO - SFT difference these examples can tell from zero
+    # the smallest true DPO - SFT difference these examples detect with 80% power (stats.paired_mde, alpha 0.05)
     detectable: float
 
 

@@ -94,11 +94,11 @@ def _dpo_blocks(dpo: DpoVerdicts) -> list:
         rows.append([f"#{trial.number}", settings,
                      f"{trial.reporting.score:.3f} [{trial.reporting.ci_low:.3f}, {trial.reporting.ci_high:.3f}]",
                      f"{100 * v.estimate:+.1f} [{100 * v.ci_low:+.1f}, {100 * v.ci_high:+.1f}]", p_value,
-                     v.state.upper(), f"±{100 * trial.detectable:.0f}", str(v.examples_to_decide or "")])
+                     v.state.upper(), f"{100 * trial.detectable:.1f}", str(v.examples_to_decide or "")])
     blocks.append(Table(["trial", "DPO settings", "after DPO, reporting [95% CI]", "DPO - SFT, points [95% CI]",
-                         "p", "state", "resolvable (points)", "examples to decide"], rows, wrap_columns=(1,)))
-    blocks.append(Para(f"Method: {verdict.method}. Multiple comparisons: {dpo.correction}. Resolvable: half the "
-                       "paired interval's width, about the smallest DPO - SFT difference these reporting examples can "
-                       "tell from zero; examples to decide: how many would settle an inconclusive difference if it "
+                         "p", "state", "detectable (points)", "examples to decide"], rows, wrap_columns=(1,)))
+    blocks.append(Para(f"Method: {verdict.method}. Multiple comparisons: {dpo.correction}. Detectable: the "
+                       "smallest true DPO - SFT difference a two-sided paired test at alpha 0.05 detects with 80% power "
+                       "on these reporting examples (normal approximation); examples to decide: how many would settle an inconclusive difference if it "
                        "held.", "note"))
     return blocks

@@ -44,6 +44,7 @@ from harness.records import (
     write_record,
 )
 from harness.selection import rank_key, reporting_candidates
+from harness.stats import paired_mde
 from harness.verdicts import (
     cheaper_verdict,
     finetuning_verdict,
@@ -187,7 +188,8 @@ def judge_dpo(sft_dir: Path, trials: list[tuple[TrialRecord, RunResults]], chose
         verdict = versus("dpo_vs_sft", number, adjusted.get(str(number)))
         per_trial.append(DpoTrialVerdict(
             number=number, params=record.params, results=str(Path(reporting.run_dir) / "results.json"),
-            reporting=reporting.final.heldout, verdict=verdict, detectable=(verdict.ci_high - verdict.ci_low) / 2))
+            reporting=reporting.final.heldout, verdict=verdict,
+            detectable=paired_mde(sft_scores, reporting.final_stage.heldout.scores, ALPHA)))
     chosen_verdict = versus("dpo_improves_sft", chosen)
     state = {"better": "yes", "worse": "no"}.get(chosen_verdict.state, "inconclusive")
     answer = {"yes": f"yes, DPO (trial {chosen}) improves on this SFT",
@@ -213,7 +215,7 @@ def dpo_summary_lines(dpo: DpoVerdicts) -> list[str]:
         p = f"p={v.p_value:.3g}" + (f", Holm {v.p_adjusted:.3g}" if v.p_adjusted is not None else "")
         lines.append(f"  trial {trial.number} after DPO {trial.reporting.score:.3f} vs after SFT {sft.score:.3f}: "
                      f"{100 * v.estimate:+.1f} points [{100 * v.ci_low:+.1f}, {100 * v.ci_high:+.1f}], {p}: "
-                     f"{v.state} (differences under ~{100 * trial.detectable:.0f} points are not resolvable here"
+                     f"{v.state} (a true difference of {100 * trial.detectable:.1f} points is detected with 80% power here"
                      + (f"; about {v.examples_to_decide} examples would decide this one)" if v.examples_to_decide
                         else ")"))
     lines.append(f"  does DPO improve on this SFT? {dpo.verdict.text}")

@@ -249,6 +249,21 @@ class NonInferiority:
                 "paired_bootstrap": "paired bootstrap percentile"}[self.method]
 
 
+def paired_mde(reference: Sequence[float], candidate: Sequence[float], alpha: float = 0.05,
+               power: float = 0.8) -> float:
+    """The smallest true paired difference a two-sided test at `alpha` detects with `power` on these n examples.
+
+    Normal approximation, (z_{1-alpha/2} + z_power) * sd / sqrt(n), with the sd of the per-example differences
+    floored at one discordant example (as `noninferiority`'s minimum detectable effect)."""
+    scores_r, scores_c = _as_paired(reference, candidate)
+    _check_alpha(alpha)
+    n = len(scores_r)
+    differences = scores_c - scores_r
+    variance = max(float(differences.var()), 1.0 / n**2)
+    z = float(scipy_stats.norm.ppf(1 - alpha / 2)) + float(scipy_stats.norm.ppf(power))
+    return z * math.sqrt(variance / n)
+
+
 def noninferiority(reference: Sequence[float], candidate: Sequence[float], margin: float, alpha: float = 0.05,
                    seed: int = 0, power: float = 0.8, n_resamples: int = 10_000) -> NonInferiority:
     """Paired non-inferiority of `candidate` to `reference` with a margin.

@@ -16,6 +16,7 @@ from harness.config import DPO_LOSS_TYPES
 from harness.records import RunResults, SharedSft, SweepVerdicts, TrialRecord, read_record
 from harness.reproduce import compose_run_config
 from harness.shared_sft import shares_sft
+from harness.stats import paired_mde
 from harness.sweep import run_sweep
 from tests.conftest import TINY_OVERRIDES, make_config
 
@@ -122,7 +123,9 @@ def test_verdicts_compare_every_dpo_trial_with_the_sft_on_the_reporting_split(sw
         assert trial.verdict.state in ("better", "worse", "inconclusive")
         assert trial.verdict.p_adjusted is not None  # two trials: Holm over both
         assert trial.verdict.ci_low <= trial.verdict.estimate <= trial.verdict.ci_high
-        assert trial.detectable == pytest.approx((trial.verdict.ci_high - trial.verdict.ci_low) / 2)
+        assert trial.detectable == pytest.approx(paired_mde(sft_reporting.final_stage.heldout.scores,
+                                                            reporting.final_stage.heldout.scores))
+        assert trial.detectable > 0
     assert dpo.verdict.question == "dpo_improves_sft" and dpo.verdict.state in ("yes", "no", "inconclusive")
     assert dpo.verdict.p_adjusted is None
     report = (root.parent / "reports" / "sft_dpo" / "report.md").read_text()  # reports/ beside the sweeps folder

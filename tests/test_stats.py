@@ -17,6 +17,7 @@ from harness.stats import (
     mcnemar_exact_interval,
     paired_bootstrap,
     paired_examples_to_decide,
+    paired_mde,
 )
 
 # --- estimate ------------------------------------------------------------------------------------
@@ -257,3 +258,16 @@ def test_examples_needed_to_decide():
     a = [0] * 5 + [1] * 95
     b = [1] * 5 + [1] * 95
     assert paired_examples_to_decide(a, b) == math.ceil(1.959964**2 * 0.0475 / 0.0025)
+
+
+# --- paired_mde -------------------------------------------------------------------------------------
+
+
+def test_paired_mde_matches_the_normal_approximation_and_shrinks_with_n():
+    # 5 better, 0 worse of 160: sd of the differences sqrt(5/160 - (5/160)^2); (1.960 + 0.842) * sd / sqrt(160)
+    reference, candidate = [0.0] * 160, [1.0] * 5 + [0.0] * 155
+    expected = 2.8016 * math.sqrt((5 / 160 - (5 / 160) ** 2) / 160)
+    assert paired_mde(reference, candidate) == pytest.approx(expected, rel=1e-3)
+    assert paired_mde(reference * 4, candidate * 4) == pytest.approx(expected / 2, rel=1e-3)
+    # no discordant pair at all: floored at one discordant example, never 0
+    assert paired_mde([1.0] * 160, [1.0] * 160) > 0
