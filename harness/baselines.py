@@ -6,6 +6,12 @@ Both, and the base model's regression scores, are cached under `$HARNESS_CACHE/b
 them once, not once per trial.
 
     baselines = get_baselines(base, cfg, eval_set_hash, heldout, fewshot_pool)
+
+Which held-out baselines are computed is the caller's choice (`heldout`): a single run computes both; a sweep's
+trials compute the zero-shot one on the selection split only (for orientation: no verdict reads the selection
+split's baselines), and the reporting split only the one its "was fine-tuning needed?" verdict reads
+(`verdict_baseline`). A cache entry holds what has been computed under its key; what a later caller needs and it
+lacks is computed then and added to it.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from harness.config import RunConfig
 from harness.data import Conversation
@@ -29,6 +35,12 @@ from harness.records import (
 )
 
 log = logging.getLogger(__name__)
+
+HELDOUT_BASELINES = ("zero_shot", "prompt_baseline")
+# What a sweep scores on the selection split, where no verdict reads a baseline: zero-shot, for the report's
+# orientation (fixed/broken examples). The prompt baseline, the expensive one (few-shot prompts), is scored once,
+# on the reporting split (`verdict_baseline`, harness.reporting).
+SELECTION_BASELINES = ("zero_shot",)
 
 
 def baseline_key(base: BaseModel, cfg: RunConfig, eval_set_hash: str, fewshot: list[Conversation]) -> str:
@@ -87,26 +99,37 @@ def get_baselines(
     heldout: list[HeldoutExample],
     fewshot_pool: list[Conversation],
     known_regression: dict[str, RegressionScore] | None = None,
+    which: tuple[str, ...] = HELDOUT_BASELINES,
 ) -> BaselineScores:
     """The base model's scores: computed and cached on a miss, read from the cache on a hit.
 
     `known_regression`: the base model's regression scores already measured under the same key ingredients (a
     sweep's trials, when its chosen adapters are scored on the reporting split): reused instead of lm-eval.
+    `which`: the held-out baselines wanted, of HELDOUT_BASELINES (the prompt baseline only if the eval set enables
+    it); the others are None unless the cache already holds them.
     """
+    unknown = set(which) - set(HELDOUT_BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}: expected some of {HELDOUT_BASELINES}")
     shots = fewshot_examples(cfg, fewshot_pool)
     key = baseline_key(base, cfg, eval_set_hash, shots)
     path = cache_root() / "baselines" / f"{cfg.eval.name}-{key}.json"
     record = _read_cache(path)
-    cached = record is not None
+    wanted = [name for name in which if name == "zero_shot" or cfg.eval.prompt_baseline.enabled]
+    missing = [name for name in wanted if record is None or getattr(record, name) is None]
+    cached = record is not None and not missing
     if cached:
         log.info("Baselines for eval set %s read from cache %s", eval_set_hash, path)
     else:
-        log.info("Computing baselines for eval set %s (cached afterwards in %s)", eval_set_hash, path)
-        record = _compute_baselines(base, cfg, key, eval_set_hash, heldout, shots, known_regression)
+        log.info("Computing baselines %s for eval set %s (cached afterwards in %s)",
+                 ", ".join(missing) or "regression", eval_set_hash, path)
+        record = _compute_baselines(base, cfg, key, eval_set_hash, heldout, shots, known_regression, missing, record)
         write_record(path, record)
-    prompt = record.prompt_baseline
+    # Exactly what was asked for, whatever else the cache holds: a record does not depend on what ran before it.
+    zero_shot = record.zero_shot if "zero_shot" in wanted else None
+    prompt = record.prompt_baseline if "prompt_baseline" in wanted else None
     return BaselineScores(
-        key=key, cached=cached, zero_shot=record.zero_shot, prompt_baseline=prompt,
+        key=key, cached=cached, zero_shot=zero_shot, prompt_baseline=prompt,
         prompting_meets_min_score=bool(prompt and prompt.score >= cfg.eval.min_score),
         regression=record.regression,
     )
@@ -122,14 +145,25 @@ def _read_cache(path) -> BaselineCache | None:
         return None
 
 
-def _compute_baselines(base, cfg, key, eval_set_hash, heldout, shots, known_regression) -> BaselineCache:
+def verdict_baseline(cfg: RunConfig) -> tuple[str, ...]:
+    """The held-out baseline "was fine-tuning needed?" compares with: the prompt baseline, or zero-shot without it."""
+    return ("prompt_baseline",) if cfg.eval.prompt_baseline.enabled else ("zero_shot",)
+
+
+def _compute_baselines(base, cfg, key, eval_set_hash, heldout, shots, known_regression, missing,
+                       cached: BaselineCache | None) -> BaselineCache:
+    """The `missing` held-out baselines, and the regression scores unless `cached` has them; the rest from `cached`."""
     model, tokenizer = base.model, base.tokenizer
-    zero_shot = evaluate_heldout(model, tokenizer, cfg.eval, heldout)
-    prompt_baseline = None
-    if cfg.eval.prompt_baseline.enabled:
+    zero_shot = cached.zero_shot if cached else None
+    prompt_baseline = cached.prompt_baseline if cached else None
+    if "zero_shot" in missing:
+        zero_shot = evaluate_heldout(model, tokenizer, cfg.eval, heldout)
+    if "prompt_baseline" in missing:
         prompt_baseline = evaluate_heldout(
             model, tokenizer, cfg.eval, heldout, cfg.eval.prompt_baseline.system_prompt, shots
         )
+    if cached is not None:
+        return replace(cached, zero_shot=zero_shot, prompt_baseline=prompt_baseline)
     regression = dict(known_regression or {})
     if cfg.run_regression and cfg.eval.regression and known_regression is None:
         from harness.regression import score_regression

@@ -278,7 +278,7 @@ class BaselineScores:
 
     key: str  # baseline cache key
     cached: bool
-    zero_shot: HeldoutResult
+    zero_shot: HeldoutResult | None  # None: not computed for this record (harness.baselines: a sweep's reporting split)
     prompt_baseline: HeldoutResult | None
     prompting_meets_min_score: bool
     regression: dict[str, RegressionScore]
@@ -584,7 +584,7 @@ class BaselineCache:
     eval_set_hash: str
     model_id: str
     model_hash: str
-    zero_shot: HeldoutResult
+    zero_shot: HeldoutResult | None  # each None until a caller needed it
     prompt_baseline: HeldoutResult | None
     regression: dict[str, RegressionScore]
     format: str = BASELINE_CACHE_FORMAT

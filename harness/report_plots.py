@@ -68,10 +68,9 @@ def _reference_lines(ax, ranked: list[Trial]) -> None:
         return
     results = ranked[0].results
     baselines = results.baselines
-    lines = [
-        (results.eval_set.min_score, "min_score", "#cf222e", "--"),
-        (baselines.zero_shot.score, "base zero-shot", "#57606a", ":"),
-    ]
+    lines = [(results.eval_set.min_score, "min_score", "#cf222e", "--")]
+    if baselines.zero_shot:
+        lines.append((baselines.zero_shot.score, "base zero-shot", "#57606a", ":"))
     if baselines.prompt_baseline:
         lines.append((baselines.prompt_baseline.score, "prompt baseline", "#8250df", "-."))
     for value, label, color, style in lines:

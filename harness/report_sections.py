@@ -154,7 +154,8 @@ def verdict_section(sweeps: list[Sweep], ranked: list[Trial]) -> list:
 def _finetuning_needed(best: Trial, prompt: HeldoutResult | None, min_score: float) -> str:
     score = best.heldout.score
     if prompt is None:
-        return "unknown: the prompt baseline was disabled for this eval set."
+        return ("not scored on this split: the prompt baseline is disabled for this eval set, or (a sweep) it is "
+                "scored on the reporting split only, where the verdict below is made.")
     if prompt.score >= min_score:
         return (
             f"No. Prompting alone scores {prompt.score:.3f} >= min_score {min_score:g}; the best adapter "

@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from peft import LoraConfig
 
+from harness import validate
 from harness.artifacts import (
     git_revision,
     library_versions,
@@ -29,7 +30,7 @@ from harness.artifacts import (
     write_jsonl_atomic,
     write_text_atomic,
 )
-from harness.baselines import get_baselines
+from harness.baselines import HELDOUT_BASELINES, get_baselines
 from harness.config import RunConfig
 from harness.data import (
     Message,
@@ -78,10 +79,9 @@ from harness.records import (
     to_json,
     write_record,
 )
-from harness import validate
 from harness.sft import train_sft
-from harness.validate import load_tokenizer_checked
 from harness.trainer import StageResult, peak_memory_mb
+from harness.validate import load_tokenizer_checked
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def prepare_inputs(cfg: RunConfig, show_card: bool = True) -> PreparedInputs:
 
 def run_experiment(
     cfg: RunConfig, run_dir: Path, inputs: PreparedInputs | None = None, callbacks=None, progress: bool = True,
-    base: BaseModel | None = None, shared_sft=None,
+    base: BaseModel | None = None, shared_sft=None, baselines: tuple[str, ...] = HELDOUT_BASELINES,
 ) -> RunResults:
     """Train and score one configuration; `progress=False` silences per-step output (sweeps print one line).
 
@@ -147,6 +147,9 @@ def run_experiment(
     harness.worker). The run puts a fresh adapter on it and takes it off again at the end, however the run ends.
     `shared_sft`: an SFT trained once for a whole sweep (harness.shared_sft.SftStart): the run starts from its
     adapter and records its SFT stage instead of training one, and DPO's reference is that adapter.
+    `baselines`: the held-out baselines to score (harness.baselines.get_baselines); a sweep's trials, on the
+    selection split where no verdict reads one, ask for zero-shot only (the prompt baseline is scored once, on the
+    reporting split: harness.reporting).
     """
     started = time.perf_counter()
     seed_everything(cfg.seed)
@@ -162,7 +165,7 @@ def run_experiment(
     gradient_checkpointing = gradient_checkpointing_for(cfg, device)
     base = base or load_run_base(cfg)
     fewshot_pool = inputs.sft.conversations if inputs.sft else []
-    baselines = get_baselines(base, cfg, inputs.eval_set_hash, inputs.heldout, fewshot_pool)
+    baselines = get_baselines(base, cfg, inputs.eval_set_hash, inputs.heldout, fewshot_pool, which=baselines)
 
     # 5. Attach a fresh LoRA adapter and train each stage, scoring after each. Seeded right here: whatever ran
     # before (baselines computed or read from the cache, lm-eval's reseeding, earlier trials) must not decide the
@@ -409,9 +412,9 @@ def summary_table(results: RunResults) -> str:
                      f"(delta {delta.delta:+.3f}, limit -{delta.max_regression:.3f}: "
                      f"{'ok' if delta.ok else 'REGRESSED'})")
     verdict = "meets" if results.final.meets_min_score else "does NOT meet"
-    lines.append(f"adapter {verdict} min_score; prompting alone "
-                 f"{'meets' if base.prompting_meets_min_score else 'does not meet'} it. "
-                 f"Adapter: {results.adapter.path}")
+    prompting = ("meets" if base.prompting_meets_min_score else "does not meet") if base.prompt_baseline else \
+        "was not scored against"
+    lines.append(f"adapter {verdict} min_score; prompting alone {prompting} it. Adapter: {results.adapter.path}")
     return "\n".join(lines)
 
 

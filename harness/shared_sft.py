@@ -36,6 +36,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from harness.baselines import SELECTION_BASELINES
 from harness.config import RunConfig
 from harness.records import (
     RunResults,
@@ -134,7 +135,7 @@ def _read_or_train(cfg: RunConfig, run_dir: Path, inputs, worker_base) -> SftSta
     (run_dir / MARKER).write_text(f"made by harness.shared_sft on {socket.gethostname()} pid {os.getpid()}\n",
                                   encoding="utf-8")
     print(f"shared SFT: training it once for every DPO trial, into {run_dir}", flush=True)
-    results = run_experiment(sft_cfg, run_dir, inputs, progress=False, base=base)
+    results = run_experiment(sft_cfg, run_dir, inputs, progress=False, base=base, baselines=SELECTION_BASELINES)
     record = SharedSft(identity=identity, identity_hash=_sha256(to_json(identity)), run_dir=str(run_dir),
                        adapter_hash=results.adapter.hash, config=sft_config(cfg),
                        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -49,11 +49,13 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from harness.artifacts import write_text_atomic
+from harness.baselines import SELECTION_BASELINES
 from harness.config import LOG_UNIFORM, RunConfig, SearchSpace, SweepConfig, target_module_list
 from harness.evaluate import evaluate_heldout
 from harness.faults import kill_point
 from harness.memory import release_trial_memory
 from harness.model import resolve_device
+from harness.onpolicy import sweep_pairs
 from harness.records import (
     BestTrial,
     EvalSetIdentity,
@@ -68,7 +70,6 @@ from harness.records import (
 from harness.redact import redact, redact_all
 from harness.reporting import dpo_summary_lines
 from harness.selection import rank_key
-from harness.onpolicy import sweep_pairs
 from harness.shared_sft import shared_sft, shares_sft
 from harness.sweep_storage import (
     counted,
@@ -284,7 +285,8 @@ def _run_trial(cfg, sweep_dir, study, trial, space, inputs, tracker, task_overri
         record.steps_budget = steps_budget(trial_cfg, shared_sft=sft_start is not None)
         with heartbeat:
             results = run_experiment(trial_cfg, trial_dir, inputs, callbacks=callbacks, progress=False,
-                                     base=worker_base.base_for(trial_cfg), shared_sft=sft_start)
+                                     base=worker_base.base_for(trial_cfg), shared_sft=sft_start,
+                                     baselines=SELECTION_BASELINES)
         kill_point("after_results")
         values, constraints = _outcome(results, sweep.objective)
         for name, value in constraints.items():

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+import harness.baselines
 import harness.benchmarks
 from harness.artifacts import REPO_ROOT
 from harness.baselines import baseline_key, fewshot_examples
@@ -107,3 +108,34 @@ def test_local_benchmark_data_changes_the_key_and_its_path_spelling_does_not(bas
     lines = data.read_text().splitlines()
     data.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")  # same rows, another order
     assert key(str(data)) != before
+
+
+def test_a_cache_entry_gains_the_baselines_a_later_caller_needs_and_returns_only_what_was_asked(
+        tiny_base, monkeypatch, tmp_path):
+    # A sweep asks for zero-shot on the selection split; a single run on the same key asks for both. The second
+    # computes only the prompt baseline, the zero-shot result comes from the cache, and a record never carries a
+    # baseline its caller did not ask for (so it does not depend on what ran before).
+    from harness.baselines import SELECTION_BASELINES, get_baselines
+    from harness.evaluate import load_heldout
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    cfg = make_config(["model=tiny", "run_regression=false", "eval.max_examples=4"])
+    heldout = load_heldout(cfg.eval)[:4]
+    computed = []
+    real = harness.baselines.evaluate_heldout
+
+    def counting(model, tokenizer, eval_cfg, examples, system_prompt="", fewshot=None):
+        computed.append("prompt_baseline" if fewshot else "zero_shot")
+        return real(model, tokenizer, eval_cfg, examples, system_prompt, fewshot)
+
+    monkeypatch.setattr(harness.baselines, "evaluate_heldout", counting)
+    first = get_baselines(tiny_base, cfg, "h-selection", heldout, list(SHOTS), which=SELECTION_BASELINES)
+    assert computed == ["zero_shot"] and first.prompt_baseline is None and not first.cached
+    both = get_baselines(tiny_base, cfg, "h-selection", heldout, list(SHOTS))
+    assert computed == ["zero_shot", "prompt_baseline"] and not both.cached
+    assert both.zero_shot == first.zero_shot and both.prompt_baseline.n == 4
+    again = get_baselines(tiny_base, cfg, "h-selection", heldout, list(SHOTS), which=SELECTION_BASELINES)
+    assert computed == ["zero_shot", "prompt_baseline"] and again.cached
+    assert again.prompt_baseline is None and again.zero_shot == first.zero_shot
+    with pytest.raises(ValueError, match="unknown baselines"):
+        get_baselines(tiny_base, cfg, "h-selection", heldout, list(SHOTS), which=("zero-shot",))

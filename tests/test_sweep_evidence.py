@@ -41,9 +41,9 @@ def sweep(tmp_path_factory):
         graded.append((phase[0], [e.source for e in examples]))
         return real_grade(eval_cfg, examples, outputs, seconds)
 
-    def reporting_spy(trial_dir, results):
+    def reporting_spy(trial_dir, results, bases=None):
         phase[0] = "reporting"
-        return real_reporting(trial_dir, results)
+        return real_reporting(trial_dir, results, bases)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HARNESS_CACHE", str(root / "cache"))
@@ -62,7 +62,7 @@ def test_selection_never_reads_the_reporting_split_and_verdicts_use_only_it(swee
     trials_phase = [sources for phase, sources in graded if phase == "trials"]
     reporting_phase = [sources for phase, sources in graded if phase == "reporting"]
     # Every stage, baseline and pruning evaluation while trials ran: selection examples only.
-    assert len(trials_phase) >= 2 * 3 + 2  # per trial: 3 pruning evaluations + the stage; baselines once
+    assert len(trials_phase) >= 2 * 3 + 1  # per trial: 2 pruning evaluations + the stage; zero-shot baseline once
     assert all(set(sources) <= selection for sources in trials_phase)
     assert any(len(sources) == 2 for sources in trials_phase), "the pruning subset was scored"
     # After: the candidates and the base model's baselines on the reporting split only.
@@ -72,6 +72,9 @@ def test_selection_never_reads_the_reporting_split_and_verdicts_use_only_it(swee
         results = read_record(RunResults, Path(trial.trial_dir) / "results.json")
         assert results.eval_set.split == "selection" and results.eval_set.hash.endswith("-selection-first6")
         assert trial.values == [results.final.heldout.score], "the objective is the selection score"
+        # No verdict reads a selection-split baseline: zero-shot only (the report's orientation), no prompt baseline.
+        assert results.baselines.zero_shot.n == results.final_stage.heldout.n
+        assert results.baselines.prompt_baseline is None
     verdicts = read_record(SweepVerdicts, sweep_dir / "verdicts.json")
     assert {v.question for v in verdicts.verdicts} >= {"min_score", "finetuning_needed", "best_vs_runner_up"}
     assert all(v.state in {"meets", "below", "inconclusive", "yes", "no", "better", "worse", "cheaper", "best"}
@@ -82,7 +85,9 @@ def test_selection_never_reads_the_reporting_split_and_verdicts_use_only_it(swee
         judged = read_record(RunResults, score.results)
         assert judged.kind == "reporting_evaluation" and judged.eval_set.split == "reporting"
         assert {r.source for r in judged.final_stage.heldout.per_example} <= reporting
-        assert judged.baselines.zero_shot.n == judged.final_stage.heldout.n
+        # Only the baseline the "was fine-tuning needed?" verdict reads, on the same reporting examples.
+        assert judged.baselines.prompt_baseline.n == judged.final_stage.heldout.n
+        assert judged.baselines.zero_shot is None
         assert score.optimism_gap == pytest.approx(score.selection.score - score.reporting.score)
 
 
@@ -131,3 +136,26 @@ def test_a_diverging_trial_is_recorded_fail_with_the_step_and_no_adapter(tmp_pat
     assert not (trial_json.parent / "adapter").exists() and not (trial_json.parent / "results.json").exists()
     losses = [json.loads(line) for line in (trial_json.parent / "loss.jsonl").read_text().splitlines()]
     assert len(losses) < 6 and torch.isfinite(torch.tensor(losses[0]["loss"]))
+
+
+def test_reporting_evaluations_on_one_shared_base_equal_a_fresh_base_each(sweep, tmp_path):
+    # The sweep scored its candidates on one base model (harness.reporting.ReportingBase), taking each adapter off
+    # again: the candidate scored last must come out exactly as on a base loaded for it alone.
+    import shutil
+
+    from harness.reporting import evaluate_reporting
+
+    sweep_dir, _, _ = sweep
+    verdicts = read_record(SweepVerdicts, sweep_dir / "verdicts.json")
+    assert len(verdicts.scores) >= 2, "a second candidate ran on the shared base"
+    last = verdicts.scores[-1]
+    trial_dir = Path(last.results).parent.parent
+    alone_dir = tmp_path / trial_dir.name
+    shutil.copytree(trial_dir, alone_dir, ignore=shutil.ignore_patterns("reporting"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HARNESS_CACHE", str(sweep_dir.parent / "cache"))
+        alone = evaluate_reporting(alone_dir, read_record(RunResults, alone_dir / "results.json"))
+    shared = read_record(RunResults, last.results)
+    assert [(r.source, r.output) for r in alone.final_stage.heldout.per_example] == \
+        [(r.source, r.output) for r in shared.final_stage.heldout.per_example]
+    assert alone.canary == shared.canary and alone.adapter.hash == shared.adapter.hash
