@@ -214,6 +214,21 @@ def test_mcnemar_interval_agrees_with_the_exact_test_in_the_issue_case():
     assert "exact conditional" in result.interval_method
 
 
+def test_mcnemar_estimate_lies_in_its_interval_as_printed():
+    # The default sft_dpo sweep's case: 2 better, 0 worse of 160, scores 0.7875 -> 0.800. mean(b) - mean(a) is
+    # 0.012500000000000067 and printed +1.3 beside an upper bound of exactly 0.0125 printed +1.2.
+    a = [0] * 2 + [1] * 126 + [0] * 32
+    b = [1] * 2 + [1] * 126 + [0] * 32
+    result = mcnemar(a, b)
+    assert result.delta == result.ci_high == 2 / 160
+    assert f"{100 * result.delta:+.1f}" == f"{100 * result.ci_high:+.1f}"
+    for wins, losses in ((0, 3), (7, 2), (1, 0)):
+        a = [0] * wins + [1] * losses + [1] * 20
+        b = [1] * wins + [0] * losses + [1] * 20
+        result = mcnemar(a, b)
+        assert result.ci_low <= result.delta <= result.ci_high and result.delta == (wins - losses) / len(a)
+
+
 def test_mcnemar_interval_excludes_zero_exactly_when_the_test_rejects():
     from scipy.stats import binomtest
 
