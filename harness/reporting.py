@@ -5,7 +5,8 @@
 A sweep trains and ranks its trials on the eval set's selection split (`harness.selection.rank_key`). Choosing
 the best of N on those examples flatters its score (winner's curse), so after the last trial the few trials the
 verdicts need (`selection.reporting_candidates`: the best, the runner-up and a cheaper alternative) are scored
-once on the reporting split, with the base model's zero-shot and prompt baselines on the same examples:
+once on the reporting split, on one shared base model (`ReportingBase`), with the base-model baseline that "was
+fine-tuning needed?" reads (the prompt baseline; zero-shot when it is disabled) on the same examples:
 
     trials/<NNN>/reporting/results.json    a results record (kind reporting_evaluation, eval.split=reporting)
     trials/<NNN>/reporting/samples_reporting.jsonl
