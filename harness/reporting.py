@@ -92,7 +92,8 @@ class ReportingBase:
 
     Each evaluation puts its adapter on it and takes it off again (peft's `unload`, no merge: the base weights are
     never written), as a sweep worker's trials do (harness.worker); a base left with adapter layers is loaded
-    again rather than trusted. Loading it once instead of once per candidate saved ~24 s a candidate here.
+    again rather than trusted. It saves a load and NF4 quantization per candidate: ~2 s for SmolLM2 with a warm page
+    cache, minutes for a 7B on a GPU.
     """
 
     def __init__(self) -> None:
