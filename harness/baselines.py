@@ -7,7 +7,7 @@ them once, not once per trial.
 
     baselines = get_baselines(base, cfg, eval_set_hash, heldout, fewshot_pool)
 
-Which held-out baselines are computed is the caller's choice (`heldout`): a single run computes both; a sweep's
+Which held-out baselines are computed is the caller's choice (`which`): a single run computes both; a sweep's
 trials compute the zero-shot one on the selection split only (for orientation: no verdict reads the selection
 split's baselines), and the reporting split only the one its "was fine-tuning needed?" verdict reads
 (`verdict_baseline`). A cache entry holds what has been computed under its key; what a later caller needs and it

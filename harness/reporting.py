@@ -5,7 +5,7 @@
 A sweep trains and ranks its trials on the eval set's selection split (`harness.selection.rank_key`). Choosing
 the best of N on those examples flatters its score (winner's curse), so after the last trial the few trials the
 verdicts need (`selection.reporting_candidates`: the best, the runner-up and a cheaper alternative) are scored
-once on the reporting split, on one shared base model (`ReportingBase`), with the base-model baseline that "was
+once on the reporting split, on one shared base model (harness.worker.WorkerBase), with the base-model baseline that "was
 fine-tuning needed?" reads (the prompt baseline; zero-shot when it is disabled) on the same examples:
 
     trials/<NNN>/reporting/results.json    a results record (kind reporting_evaluation, eval.split=reporting)
@@ -53,6 +53,7 @@ from harness.verdicts import (
     min_score_verdict,
     paired_verdict,
 )
+from harness.worker import WorkerBase
 
 log = logging.getLogger(__name__)
 ALPHA = 0.05
@@ -71,7 +72,9 @@ def judge_on_reporting_split(sweep_dir: Path, records: list[TrialRecord], margin
         return None
     best, runner_up, cheaper = reporting_picks(completed)
     scored: dict[int, tuple[TrialRecord, RunResults, RunResults]] = {}
-    bases = ReportingBase()
+    # One base model for all of these evaluations (each takes its adapter off again): a load and NF4 quantization
+    # saved per candidate, ~2 s for SmolLM2 with a warm page cache, minutes for a 7B on a GPU.
+    bases = WorkerBase(for_training=False)
     try:
         for record, results in (c for c in (best, runner_up, cheaper) if c is not None):
             if record.number not in scored:
@@ -82,40 +85,9 @@ def judge_on_reporting_split(sweep_dir: Path, records: list[TrialRecord], margin
             trials = sorted(completed, key=lambda pair: pair[0].number)
             verdicts = replace(verdicts, dpo=judge_dpo(sft_dir, trials, best[0].number, bases))
     finally:
-        bases.close()
+        _release(bases)
     write_record(sweep_dir / "verdicts.json", verdicts)
     return verdicts
-
-
-class ReportingBase:
-    """One base model for all of a sweep's reporting evaluations (loaded by the first one that is not reused).
-
-    Each evaluation puts its adapter on it and takes it off again (peft's `unload`, no merge: the base weights are
-    never written), as a sweep worker's trials do (harness.worker); a base left with adapter layers is loaded
-    again rather than trusted. It saves a load and NF4 quantization per candidate: ~2 s for SmolLM2 with a warm page
-    cache, minutes for a 7B on a GPU.
-    """
-
-    def __init__(self) -> None:
-        self.base = None
-        self.key: tuple | None = None
-
-    def base_for(self, cfg, device: str):
-        from harness.model import load_base_model, lora_layers
-
-        key = (cfg.model, cfg.quant, device)
-        if self.base is not None and (key != self.key or lora_layers(self.base.model)):
-            self.close()
-        if self.base is None:
-            self.base, self.key = load_base_model(cfg.model, cfg.quant, device, for_training=False), key
-        return self.base
-
-    def close(self) -> None:
-        from harness.memory import release_trial_memory
-
-        device = self.key[2] if self.key else "cpu"
-        self.base, self.key = None, None
-        release_trial_memory(device)
 
 
 Pick = tuple[TrialRecord, RunResults]
@@ -194,7 +166,7 @@ def decide(scored: dict[int, tuple[TrialRecord, RunResults, RunResults]], best: 
 
 
 def judge_dpo(sft_dir: Path, trials: list[tuple[TrialRecord, RunResults]], chosen: int,
-              bases: ReportingBase | None = None) -> DpoVerdicts:
+              bases: WorkerBase | None = None) -> DpoVerdicts:
     """After SFT vs after DPO on the reporting split: the shared SFT adapter and every complete DPO trial."""
     sft = read_record(RunResults, sft_dir / "results.json")
     sft_reporting = evaluate_reporting(sft_dir, sft, bases)
@@ -259,7 +231,7 @@ def dpo_summary_lines(dpo: DpoVerdicts) -> list[str]:
     return lines
 
 
-def evaluate_reporting(trial_dir: Path, results: RunResults, bases: ReportingBase | None = None) -> RunResults:
+def evaluate_reporting(trial_dir: Path, results: RunResults, bases: WorkerBase | None = None) -> RunResults:
     """The trial's adapter scored on the reporting split, with the base model's baselines on it: the one the
     "was fine-tuning needed?" verdict reads (harness.baselines.verdict_baseline), computed once per sweep.
     `bases`: the base model shared by a sweep's reporting evaluations (a fresh one by default)."""
@@ -278,10 +250,10 @@ def evaluate_reporting(trial_dir: Path, results: RunResults, bases: ReportingBas
     if reused is not None:
         return reused
     own = bases is None
-    bases = bases or ReportingBase()
+    bases = bases or WorkerBase(for_training=False)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.train.device)
-    base = bases.base_for(cfg, device)
+    base = bases.base_for(cfg)
     fewshot_pool = inputs.sft.conversations if inputs.sft else []
     known = results.baselines.regression if results.baselines else None
     baselines = get_baselines(base, cfg, inputs.eval_set_hash, inputs.heldout, fewshot_pool, known_regression=known,
@@ -304,8 +276,16 @@ def evaluate_reporting(trial_dir: Path, results: RunResults, bases: ReportingBas
     write_record(out_dir / "results.json", record)
     del model, base
     if own:
-        bases.close()
+        _release(bases)
     return record
+
+
+def _release(bases: WorkerBase) -> None:
+    from harness.memory import release_trial_memory
+
+    device = bases.key[2] if bases.key else "cpu"
+    bases.close()
+    release_trial_memory(device)
 
 
 def _reusable(path: Path, eval_set_hash: str, adapter_sha: str) -> RunResults | None:

@@ -27,25 +27,30 @@ log = logging.getLogger(__name__)
 
 
 class WorkerBase:
-    """The base model this worker's trials share."""
+    """The base model this worker's trials share. `for_training=False`: a base for evaluation only (no k-bit
+    training preparation), as the reporting split's candidates share one (harness.reporting)."""
 
-    def __init__(self) -> None:
+    def __init__(self, for_training: bool = True) -> None:
         self.base: BaseModel | None = None
         self.key: tuple | None = None
         self.loads = 0  # how many times a base was loaded (1 for a whole sweep of one model)
+        self.for_training = for_training
 
     def base_for(self, cfg: RunConfig) -> BaseModel:
         """The shared base for a trial of `cfg`, loaded now if there is none yet or the trial needs another."""
+        from harness.model import load_base_model
         from harness.run import gradient_checkpointing_for, load_run_base
 
         device = resolve_device(cfg.train.device)
-        key = (cfg.model, cfg.quant, device, gradient_checkpointing_for(cfg, device))
+        checkpointing = gradient_checkpointing_for(cfg, device) if self.for_training else None
+        key = (cfg.model, cfg.quant, device, checkpointing)
         if self.base is not None and key == self.key and lora_layers(self.base.model):
             log.warning("the shared base model still holds adapter layers after a trial; loading it again")
             self.close()
         if self.base is None or key != self.key:
             self.close()
-            self.base = load_run_base(cfg)
+            self.base = load_run_base(cfg) if self.for_training else \
+                load_base_model(cfg.model, cfg.quant, device, for_training=False)
             self.key, self.loads = key, self.loads + 1
         return self.base
 

@@ -139,7 +139,7 @@ def test_a_diverging_trial_is_recorded_fail_with_the_step_and_no_adapter(tmp_pat
 
 
 def test_reporting_evaluations_on_one_shared_base_equal_a_fresh_base_each(sweep, tmp_path):
-    # The sweep scored its candidates on one base model (harness.reporting.ReportingBase), taking each adapter off
+    # The sweep scored its candidates on one base model (harness.worker.WorkerBase(for_training=False)), taking each adapter off
     # again: the candidate scored last must come out exactly as on a base loaded for it alone.
     import shutil
 
