@@ -11,7 +11,8 @@ Optuna is driven directly (the Hydra Optuna sweeper on PyPI pins optuna<3), with
 - Resume, kill -9 included at any point: the same command continues the study; no finished trial is lost or
   re-run. A trial left RUNNING by a dead worker is completed from its results.json if it wrote one, else FAIL
   and its configuration retried once (harness.sweep_storage has the rules; tests/test_faults.py proves them).
-- A resumed study whose search space, objective or eval set changed is refused.
+- A resumed study whose search space, objective, eval set or fixed settings (every config key outside `sweep.*`
+  that the space does not sample, with training data by content) changed is refused, naming the dotted keys.
 - Grid sweeps enqueue every configuration once, up front; workers pop them atomically, so no configuration
   runs twice.
 - Failure isolation: a trial that raises is FAIL with its reason stored; the sweep goes on. A full disk or a
@@ -48,7 +49,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from harness.artifacts import write_text_atomic
+from harness.artifacts import file_sha256, write_text_atomic
 from harness.baselines import SELECTION_BASELINES
 from harness.config import LOG_UNIFORM, RunConfig, SearchSpace, SweepConfig, target_module_list
 from harness.evaluate import evaluate_heldout
@@ -157,8 +158,10 @@ def run_sweep(cfg: RunConfig, overrides: Sequence[str] | None = None) -> SweepSu
 
 def _sweep(cfg, sweep_dir, storage_url, space, inputs, started, overrides) -> SweepSummary:
     sweep = cfg.sweep
-    # 2. Create or join the study (refused if its space, objective or eval set changed); a grid is enqueued once.
-    identity = {"space": space, "objective": sweep.objective, "eval_set": inputs.eval_set_hash}
+    # 2. Create or join the study (refused if its space, objective, eval set or fixed settings changed); a grid is
+    # enqueued once.
+    identity = {"space": space, "objective": sweep.objective, "eval_set": inputs.eval_set_hash,
+                "fixed": fixed_settings(cfg, space, inputs)}
     study = load_study(sweep, storage_url, space, sweep_dir, identity)
     n_trials = _target_trials(sweep, space)
     _write_sweep_json(cfg, sweep_dir, storage_url, space, inputs.eval_set_hash, n_trials, started_at=_now())
@@ -214,6 +217,39 @@ def trial_settings(cfg: RunConfig, params: dict) -> dict[str, object]:
             value = target_module_list(value)
         settings[PARAM_KEYS[name]] = value
     return settings
+
+
+# Files whose content is in a sweep's identity (the eval set by its frozen hash, training data below), so that a
+# moved copy resumes and an edited one does not; their paths are not.
+_CONTENT_KEYS = ("data.sft_file", "data.preference_file", "data.mining.pool_file", "eval.data_file", "eval.manifest")
+_NOT_RESULTS = ("train.sft.logging_steps", "train.dpo.logging_steps")  # how often a loss is logged, not what trains
+
+
+def fixed_settings(cfg: RunConfig, space: dict[str, list], inputs) -> dict[str, object]:
+    """What every trial of the sweep shares, as dotted key -> value: the resolved config outside `sweep.*`, less
+    the keys the space samples, with the training data by content. A study resumed with other values would mix
+    trials that are not comparable (harness.sweep_storage refuses it, naming the keys)."""
+    import hashlib
+    from dataclasses import asdict
+
+    def flat(prefix: str, value) -> dict[str, object]:
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(f"{prefix}{key}.", item).items()}
+        return {prefix[:-1]: value}
+
+    sampled = {PARAM_KEYS[name] for name in space}
+    settings = {key: value for key, value in flat("", asdict(replace(cfg, sweep=None))).items()
+                if key != "sweep" and key not in sampled and key not in (*_CONTENT_KEYS, *_NOT_RESULTS)}
+    if inputs.sft_examples:
+        examples = [[e.input_ids, e.assistant_masks] for e in inputs.sft_examples]
+        settings["data.sft_file (tokenized content)"] = hashlib.sha256(json.dumps(examples).encode()).hexdigest()[:16]
+    if inputs.preference is not None:
+        pairs = [[p.prompt, p.chosen, p.rejected] for p in inputs.preference.pairs]
+        settings["data.preference_file (content)"] = hashlib.sha256(
+            json.dumps(pairs, default=str).encode()).hexdigest()[:16]
+    if cfg.data.mining.pool_file and cfg.data.preference_source == "mined":
+        settings["data.mining.pool_file (content)"] = file_sha256(cfg.data.mining.pool_file)[:16]
+    return redact_all(settings)  # it is stored in the study's database
 
 
 def apply_params(cfg: RunConfig, params: dict) -> RunConfig:

@@ -165,14 +165,30 @@ def _check_identity(study, identity: dict, storage_url: str) -> None:
     if stored is None:
         study.set_user_attr("harness_identity", identity)
         return
-    changed = [key for key in identity if stored.get(key) != identity[key]]
+    if "fixed" in identity and "fixed" not in stored:  # a study from before fixed settings were recorded
+        log.warning("sweep %r: the study does not record its fixed settings; recording this command's",
+                    study.study_name)
+        study.set_user_attr("harness_identity", {**stored, "fixed": identity["fixed"]})
+        stored = {**stored, "fixed": identity["fixed"]}
+    changed = [key for key in identity if key != "fixed" and stored.get(key) != identity[key]]
+    details = [f"{key}: study has {stored.get(key)!r}, this command {identity[key]!r}" for key in changed]
+    fixed, stored_fixed = identity.get("fixed", {}), stored.get("fixed", {})
+    changed_fixed = sorted(key for key in {*fixed, *stored_fixed} if fixed.get(key) != stored_fixed.get(key))
+    if changed_fixed:
+        changed.append("fixed settings")
+        details += [f"{key}: study has {_shown(stored_fixed, key)}, this command {_shown(fixed, key)}"
+                    for key in changed_fixed]
     if changed:
-        details = "; ".join(f"{key}: study has {stored.get(key)!r}, this command {identity[key]!r}" for key in changed)
         raise ValueError(
             f"sweep {study.study_name!r}: the study in {redact(storage_url)} was run with a different "
-            f"{' and '.join(changed)} ({details}). Its trials would not be comparable with new ones: use a new "
-            "sweep.name, or move the old study and its sweep directory away."
+            f"{' and '.join(changed)} ({redact('; '.join(details))}). Its trials would not be comparable with new "
+            "ones: run it with the study's settings, use a new sweep.name, or move the old study and its sweep "
+            "directory away."
         )
+
+
+def _shown(settings: dict, key: str) -> str:
+    return repr(settings[key]) if key in settings else "(not set)"
 
 
 def next_trial(study, sweep: SweepConfig, sweep_dir: Path, n_trials: int, outcome: Outcome):

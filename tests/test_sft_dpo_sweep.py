@@ -151,10 +151,17 @@ def test_a_changed_sft_setting_with_an_existing_shared_sft_is_refused(sweep, tmp
     shutil.copytree(sweep_dir, copy / "sft_dpo", symlinks=True)
     before = sorted(p.name for p in (copy / "sft_dpo" / "sft").iterdir())
     monkeypatch.setenv("HARNESS_CACHE", str(root / "cache"))
+    # The study itself refuses first: the SFT settings are among its fixed settings.
+    with pytest.raises(ValueError, match=r"different fixed settings \(train\.sft\.learning_rate: study has 0\.001"):
+        _sweep(copy, ["train.sft.learning_rate=5e-4"])
+    # A shared SFT left in a sweep directory whose study is gone (a new study): its own identity refuses it.
+    fresh = tmp_path / "fresh"
+    shutil.copytree(sweep_dir / "sft", fresh / "sft_dpo" / "sft", symlinks=True)
     with pytest.raises(ValueError, match=r"shared SFT was trained with another config_hash \(config: "
                                          r"train\.sft\.learning_rate\).*not deleted"):
-        _sweep(copy, ["train.sft.learning_rate=5e-4"])
-    assert sorted(p.name for p in (copy / "sft_dpo" / "sft").iterdir()) == before
+        _sweep(fresh, ["train.sft.learning_rate=5e-4"])
+    for kept in (copy, fresh):
+        assert sorted(p.name for p in (kept / "sft_dpo" / "sft").iterdir()) == before
 
 
 def test_an_sft_directory_the_harness_did_not_make_is_refused_and_kept(tmp_path):
@@ -269,6 +276,11 @@ def test_resume_with_other_mining_settings_refuses_and_keeps_the_pairs(mined_swe
     pairs = (copy / "sft_dpo" / "pairs" / "onpolicy.jsonl").read_bytes()
     monkeypatch.setenv("HARNESS_CACHE", str(root / "cache"))
     counter = SftCounter(monkeypatch)
+    with pytest.raises(ValueError, match=r"different fixed settings \(data\.mining\.samples: study has 1, this command 2"):
+        _sweep(copy, [*extra, "data.mining.samples=2"])  # the study refuses first
+    # The pairs left in a sweep directory whose study is gone: their provenance refuses them.
+    (copy / "sft_dpo" / "study.db").unlink()
+    shutil.rmtree(copy / "sft_dpo" / "trials")
     with pytest.raises(ValueError, match=r"mined with another data\.mining\.samples than this sweep uses.*not deleted"):
         _sweep(copy, [*extra, "data.mining.samples=2"])
     assert counter.run_dirs == [], "the shared SFT (mining settings are not its identity) was reused"

@@ -113,6 +113,30 @@ def test_sft_then_dpo_trial_reports_and_logs_steps_across_both_stages(tmp_path):
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, 9))
 
 
+def test_a_sweep_resumed_with_other_fixed_settings_is_refused_and_one_with_moved_data_resumes(tmp_path):
+    import shutil
+
+    overrides = [*SWEEP_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}", "sweep.space.lora_r=[1,2]",
+                 "sweep.sampler=random", "sweep.n_trials=1"]
+    run_sweep(make_config(overrides))
+    sweep_dir = tmp_path / "rank"
+    before = sorted(str(p.relative_to(sweep_dir)) for p in sweep_dir.rglob("*") if "study.db" not in p.name)
+    # A fixed training setting changed: refused from the command line, naming the key, no traceback, no new trial.
+    worker = _cli([*overrides, "sweep.n_trials=2", "train.sft.learning_rate=5e-4", "data.max_sft_examples=12"])
+    output = worker.communicate(timeout=600)[0]
+    assert worker.returncode != 0 and "Traceback" not in output, output[-3000:]
+    assert "different fixed settings" in output and "train.sft.learning_rate: study has 0.001, this command 0.0005" \
+        in output and "data.max_sft_examples: study has 16, this command 12" in output, output[-3000:]
+    assert "data.sft_file (tokenized content)" in output, "fewer rows are other training data too"
+    assert sorted(str(p.relative_to(sweep_dir)) for p in sweep_dir.rglob("*") if "study.db" not in p.name) == before
+    # The training data moved (same bytes), the sampled key's own default and n_trials changed: it resumes.
+    moved = tmp_path / "data" / "sft_train.jsonl"
+    moved.parent.mkdir()
+    shutil.copy(REPO_ROOT / make_config([]).data.sft_file, moved)
+    summary = run_sweep(make_config([*overrides, "sweep.n_trials=2", f"data.sft_file={moved}", "lora.r=8"]))
+    assert summary.n_complete == 2 and [t["number"] for t in _trials(sweep_dir)] == [0, 1]
+
+
 def test_a_second_sqlite_worker_on_a_running_sweep_is_refused(tmp_path):
     # There is no sweep.workers setting (N workers = the command run N times); on SQLite the second is refused.
     from harness.sweep_storage import single_worker_lock

@@ -155,6 +155,23 @@ def test_a_resumed_study_whose_space_or_eval_set_changed_is_refused(tmp_path):
         load_study(cfg.sweep, storage, space, tmp_path, {**identity, "eval_set": "def"})
 
 
+def test_a_resumed_study_whose_fixed_settings_changed_is_refused_naming_each_key(tmp_path, caplog):
+    cfg = make_config([*TINY_OVERRIDES, "+sweep=rank", f"sweep.sweeps_dir={tmp_path}"])
+    space = search_space(cfg.sweep.space)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    identity = {"space": space, "objective": "constrained", "eval_set": "abc"}
+    load_study(cfg.sweep, storage, space, tmp_path, identity)  # a study from before fixed settings were recorded
+    fixed = {"train.sft.learning_rate": 0.001, "seed": 0}
+    load_study(cfg.sweep, storage, space, tmp_path, {**identity, "fixed": fixed})  # joins it, and records them
+    assert "does not record its fixed settings" in caplog.text
+    load_study(cfg.sweep, storage, space, tmp_path, {**identity, "fixed": fixed})
+    changed = {"train.sft.learning_rate": 0.0005, "seed": 0, "data.max_sft_examples": 8}
+    with pytest.raises(ValueError, match=r"different fixed settings \(data\.max_sft_examples: study has \(not set\), "
+                                         r"this command 8; train\.sft\.learning_rate: study has 0\.001, this command "
+                                         r"0\.0005\)"):
+        load_study(cfg.sweep, storage, space, tmp_path, {**identity, "fixed": changed})
+
+
 @pytest.mark.parametrize(("overrides", "key"), [
     (["sweep.sampler=bayes"], "sweep.sampler"),
     (["sweep.pruner=medain"], "sweep.pruner"),
