@@ -106,9 +106,13 @@ def sft_config(cfg: RunConfig) -> dict:
     return config
 
 
+def sft_data_hash(inputs) -> str:
+    """The SFT training data by content: its tokenized examples and loss masks (not the file's path)."""
+    return _sha256([[e.input_ids, e.assistant_masks] for e in inputs.sft_examples])
+
+
 def sft_identity(cfg: RunConfig, inputs, model_hash: str) -> SftIdentity:
-    examples = [[e.input_ids, e.assistant_masks] for e in inputs.sft_examples]
-    return SftIdentity(config_hash=_sha256(sft_config(cfg)), data_hash=_sha256(examples),
+    return SftIdentity(config_hash=_sha256(sft_config(cfg)), data_hash=sft_data_hash(inputs),
                        eval_set_hash=inputs.eval_set_hash, seed=cfg.seed, model_hash=model_hash)
 
 

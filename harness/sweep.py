@@ -71,7 +71,7 @@ from harness.records import (
 from harness.redact import redact, redact_all
 from harness.reporting import dpo_summary_lines
 from harness.selection import rank_key
-from harness.shared_sft import shared_sft, shares_sft
+from harness.shared_sft import sft_data_hash, shared_sft, shares_sft
 from harness.sweep_storage import (
     counted,
     load_study,
@@ -241,8 +241,7 @@ def fixed_settings(cfg: RunConfig, space: dict[str, list], inputs) -> dict[str, 
     settings = {key: value for key, value in flat("", asdict(replace(cfg, sweep=None))).items()
                 if key != "sweep" and key not in sampled and key not in (*_CONTENT_KEYS, *_NOT_RESULTS)}
     if inputs.sft_examples:
-        examples = [[e.input_ids, e.assistant_masks] for e in inputs.sft_examples]
-        settings["data.sft_file (tokenized content)"] = hashlib.sha256(json.dumps(examples).encode()).hexdigest()[:16]
+        settings["data.sft_file (tokenized content)"] = sft_data_hash(inputs)[:16]
     if inputs.preference is not None:
         pairs = [[p.prompt, p.chosen, p.rejected] for p in inputs.preference.pairs]
         settings["data.preference_file (content)"] = hashlib.sha256(
